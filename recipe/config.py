@@ -1,0 +1,216 @@
+"""Recipe options: three dataclasses parsed from a YAML file plus `--key value` overrides.
+
+Every option is a dataclass field with a help string, so `python run_pretrain.py --help` documents the
+whole recipe. The training dataclass extends `TrainingArguments`, so every Trainer option works too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+
+class RecipeConfigError(ValueError):
+    """A recipe option or input is wrong; the message names it and says what to do."""
+
+
+@dataclass
+class ModelArguments:
+    """Which Gemma 3 architecture to build (or load) and which tokenizer it speaks."""
+
+    model_preset: str | None = field(
+        default="gemma3-tiny",
+        metadata={"help": "Architecture preset by name: `gemma3-270m` (official 270M) or `gemma3-tiny` (CPU-sized)."},
+    )
+    hidden_size: int | None = field(default=None, metadata={"help": "Override the preset's hidden size."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "Override the preset's MLP width."})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Override the preset's depth."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Override the number of query heads."})
+    num_key_value_heads: int | None = field(default=None, metadata={"help": "Override the number of KV heads."})
+    head_dim: int | None = field(default=None, metadata={"help": "Override the attention head size."})
+    sliding_window: int | None = field(default=None, metadata={"help": "Override the local attention window."})
+    sliding_window_pattern: int | None = field(
+        default=None,
+        metadata={"help": "Every N-th layer is global, the others local (6 gives Gemma 3's 5 local : 1 global)."},
+    )
+    max_position_embeddings: int | None = field(
+        default=None, metadata={"help": "Override the longest sequence the model supports."}
+    )
+    model_config_overrides: dict | str | None = field(
+        default=None,
+        metadata={"help": "Any other `Gemma3TextConfig` fields as JSON, e.g. '{\"rms_norm_eps\": 1e-5}'."},
+    )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={"help": "Attention kernel: `sdpa`, `eager`, `flex_attention` or `flash_attention_2`."},
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "Start from this causal LM (local folder or Hub id) instead of random weights."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer to use (Hub id or local folder, e.g. `gpt2`). When unset, a byte-level BPE is "
+            "trained on the training split and shipped with the model."
+        },
+    )
+    tokenizer_vocab_size: int = field(
+        default=8192, metadata={"help": "Vocabulary size of the trained byte-level BPE tokenizer."}
+    )
+    tokenizer_train_documents: int | None = field(
+        default=200_000,
+        metadata={"help": "Train the tokenizer on at most this many training documents (all when unset)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it becomes packed training rows."""
+
+    dataset_name: str = field(
+        default="roneneldan/TinyStories",
+        metadata={
+            "help": "Hub dataset id, or a local path: a folder or file of `.txt` (documents split by "
+            "`document_separator`), `.jsonl`/`.json`, `.parquet`, `.csv`, or a `save_to_disk` folder."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (branch, tag, sha)."})
+    text_column: str = field(default="text", metadata={"help": "Column that holds the document text."})
+    document_separator: str = field(
+        default="<|endoftext|>",
+        metadata={"help": "In `.txt` files, a line holding exactly this string ends a document. Empty: one per line."},
+    )
+    validation_split_percentage: float = field(
+        default=1.0,
+        metadata={
+            "help": "Percent of the training split held out for validation when the data has no validation split."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training documents."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N validation documents."}
+    )
+    block_size: int = field(default=256, metadata={"help": "Tokens per packed training row."})
+    document_aware_packing: bool = field(
+        default=True,
+        metadata={
+            "help": "Restart `position_ids` at every document so no token attends across documents. When false, "
+            "rows are plain windows over the concatenated stream (the classic GPT-2 recipe)."
+        },
+    )
+    add_document_tokens: bool = field(
+        default=True, metadata={"help": "Start every document with BOS and end it with EOS."}
+    )
+    streaming: bool = field(default=False, metadata={"help": "Stream a Hub dataset instead of downloading it."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization and packing (default: all CPU cores)."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize even when a packed cache exists."})
+
+
+@dataclass
+class PretrainingArguments(TrainingArguments):
+    """`TrainingArguments` with pretraining defaults and the recipe's own options."""
+
+    output_dir: str | None = field(
+        default="outputs/gemma3-pretrain",
+        metadata={"help": "Folder for checkpoints, logs and the final model."},
+    )
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate after warmup."})
+    lr_scheduler_type: str = field(
+        default="cosine_with_min_lr",
+        metadata={"help": "Scheduler name; `cosine_with_min_lr` decays from the peak to `min_lr` after warmup."},
+    )
+    min_lr: float | None = field(
+        default=None, metadata={"help": "Final learning rate of `cosine_with_min_lr` (absolute value)."}
+    )
+    min_lr_rate: float | None = field(
+        default=0.1, metadata={"help": "Final learning rate of `cosine_with_min_lr` as a fraction of the peak."}
+    )
+    warmup_steps: float = field(
+        default=0.05,
+        metadata={"help": "Linear warmup: an integer number of steps, or a float in [0, 1) as a share of the run."},
+    )
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 autocast (fp32 master weights). Default: on wherever the GPU or CPU supports it."},
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: `no`, `steps` or `epoch`."})
+    eval_steps: float | None = field(default=200, metadata={"help": "Evaluate every N steps."})
+    save_steps: float = field(default=200, metadata={"help": "Save a checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    prediction_loss_only: bool = field(
+        default=True, metadata={"help": "Evaluation computes only the loss, so its memory does not grow."}
+    )
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={"help": "Stop cleanly after this many minutes of training, then save and evaluate."},
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Validate the config, prepare data and model, print the plan, and exit before training."},
+    )
+    nonfinite_loss_action: str = field(
+        default="stop",
+        metadata={"help": "On a NaN/inf loss or grad norm: `stop` with an error, or `skip` the update."},
+    )
+    sample_steps: int = field(
+        default=0, metadata={"help": "Generate sample stories every N steps during training (0: never)."}
+    )
+    sample_max_new_tokens: int = field(default=64, metadata={"help": "Length of the samples during training."})
+    prompts_file: str | None = field(
+        default=None, metadata={"help": "Prompts for samples, one per line (default: the recipe's story prompts)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.fp16:
+            raise RecipeConfigError(
+                "fp16 is not supported: Gemma 3 activations overflow in fp16. Use `bf16: true` (the default where "
+                "the hardware supports it) or `bf16: false` for fp32."
+            )
+        if self.bf16 is None:
+            self.bf16 = bf16_supported()
+        if self.bf16 and not torch.cuda.is_available():
+            self.use_cpu = True
+        self._set_min_lr_schedule()
+        super().__post_init__()
+
+    def _set_min_lr_schedule(self) -> None:
+        if self.min_lr is not None and self.min_lr > self.learning_rate:
+            raise RecipeConfigError(
+                f"min_lr ({self.min_lr:g}) must not exceed learning_rate ({self.learning_rate:g}): the schedule "
+                "would rise during training. Lower min_lr or use min_lr_rate (a fraction of the peak)."
+            )
+        if self.min_lr_rate is not None and not 0.0 <= self.min_lr_rate <= 1.0:
+            raise RecipeConfigError(f"min_lr_rate ({self.min_lr_rate:g}) must lie in [0, 1].")
+        if str(self.lr_scheduler_type) != "cosine_with_min_lr":
+            return
+        kwargs = dict(self.lr_scheduler_kwargs or {}) if not isinstance(self.lr_scheduler_kwargs, str) else {}
+        if self.min_lr is not None:
+            kwargs.pop("min_lr_rate", None)
+            kwargs["min_lr"] = self.min_lr
+        elif "min_lr" not in kwargs and "min_lr_rate" not in kwargs:
+            kwargs["min_lr_rate"] = self.min_lr_rate if self.min_lr_rate is not None else 0.0
+        if "min_lr" in kwargs and kwargs["min_lr"] > self.learning_rate:
+            raise RecipeConfigError(
+                f"lr_scheduler_kwargs.min_lr ({kwargs['min_lr']:g}) must not exceed learning_rate "
+                f"({self.learning_rate:g}): the schedule would rise during training."
+            )
+        self.lr_scheduler_kwargs = kwargs
+
+
+def bf16_supported() -> bool:
+    """bf16 autocast is worth it on Ampere+ GPUs and on CPUs with native bf16 instructions."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

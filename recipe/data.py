@@ -1,0 +1,194 @@
+"""From `DataArguments` to packed, cached train/validation datasets and the tokenizer that made them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, IterableDataset
+from datasets import config as datasets_config
+from transformers import PreTrainedTokenizerBase
+
+from recipe.config import DataArguments, ModelArguments, RecipeConfigError
+from recipe.data_sources import load_documents
+from recipe.packing import PACKED_COLUMNS, pack_documents
+from recipe.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe_tokenizer
+
+logger = logging.getLogger(__name__)
+
+PACKING_VERSION = "1"
+_MAP_BATCH_DOCUMENTS = 1000
+
+
+@dataclass
+class PreparedData:
+    tokenizer: PreTrainedTokenizerBase
+    train: Dataset | IterableDataset
+    validation: Dataset | IterableDataset
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_data(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    main_process_first: AbstractContextManager | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> PreparedData:
+    """Load documents, get the tokenizer, pack both splits; the main process does the work first so the
+    other ranks read its caches."""
+    _check_data_args(data_args)
+    first = main_process_first or nullcontext()
+    with first:
+        raw = load_documents(data_args)
+        raw = _limit(raw, data_args)
+        if tokenizer is None:
+            tokenizer = get_tokenizer(model_args, data_args, raw["train"])
+        train = pack_split(raw["train"], tokenizer, data_args, "train")
+        validation = pack_split(raw["validation"], tokenizer, data_args, "validation")
+    stats = _stats(raw, train, validation, data_args)
+    return PreparedData(tokenizer=tokenizer, train=train, validation=validation, stats=stats)
+
+
+def get_tokenizer(
+    model_args: ModelArguments, data_args: DataArguments, train: Dataset | IterableDataset
+) -> PreTrainedTokenizerBase:
+    if model_args.tokenizer_name_or_path:
+        return load_tokenizer(model_args.tokenizer_name_or_path)
+    limit = model_args.tokenizer_train_documents
+    if isinstance(train, IterableDataset):
+        return train_bpe_tokenizer(
+            _iter_texts(train.take(limit or 100_000), data_args), model_args.tokenizer_vocab_size
+        )
+    cache = _cache_root() / "tokenizers" / _hash(train._fingerprint, model_args.tokenizer_vocab_size, limit)
+    if (cache / "tokenizer.json").exists():
+        return load_tokenizer(str(cache))
+    subset = train.select(range(min(limit, len(train)))) if limit else train
+    logger.info("Training a %d-token byte-level BPE on %d documents", model_args.tokenizer_vocab_size, len(subset))
+    tokenizer = train_bpe_tokenizer(_iter_texts(subset, data_args), model_args.tokenizer_vocab_size, len(subset))
+    tokenizer.save_pretrained(str(cache))
+    return tokenizer
+
+
+def pack_split(
+    dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, split: str
+) -> Dataset | IterableDataset:
+    kwargs = {
+        "fn_kwargs": {
+            "tokenizer": tokenizer,
+            "block_size": data_args.block_size,
+            "document_aware": data_args.document_aware_packing,
+            "add_document_tokens": data_args.add_document_tokens,
+        },
+        "input_columns": [data_args.text_column],
+        "batched": True,
+        "batch_size": _MAP_BATCH_DOCUMENTS,
+        "remove_columns": dataset.column_names,
+    }
+    if isinstance(dataset, IterableDataset):
+        return dataset.map(pack_documents, **kwargs)
+    fingerprint = _hash(
+        dataset._fingerprint,
+        tokenizer_fingerprint(tokenizer),
+        data_args.block_size,
+        data_args.document_aware_packing,
+        data_args.add_document_tokens,
+        data_args.text_column,
+        PACKING_VERSION,
+    )
+    packed = dataset.map(
+        pack_documents,
+        num_proc=_num_proc(data_args, len(dataset)),
+        new_fingerprint=fingerprint,
+        load_from_cache_file=not data_args.overwrite_cache,
+        desc=f"Tokenizing and packing {split}",
+        **kwargs,
+    )
+    if len(packed) == 0:
+        raise RecipeConfigError(
+            f"The {split} split of `{data_args.dataset_name}` has fewer tokens than one block "
+            f"(block_size={data_args.block_size}) after dropping empty documents. Give more text or a smaller "
+            "block_size" + (" or a larger validation_split_percentage." if split == "validation" else ".")
+        )
+    return packed
+
+
+def collate_packed_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack packed rows into int64 tensors; `use_cache=False` keeps documents apart in the mask."""
+    batch: dict[str, Any] = {
+        name: torch.from_numpy(np.asarray([row[name] for row in rows], dtype=np.int64)) for name in PACKED_COLUMNS
+    }
+    batch["use_cache"] = False
+    return batch
+
+
+def bytes_per_target(dataset: Dataset) -> float | None:
+    """UTF-8 bytes per predicted token over the split: turns a loss in nats/token into bits per byte."""
+    if not isinstance(dataset, Dataset) or "doc_bytes" not in dataset.column_names:
+        return None
+    columns = dataset.with_format("numpy").select_columns(["doc_bytes", "num_targets"])[:]
+    targets = int(columns["num_targets"].sum())
+    return float(columns["doc_bytes"].sum()) / targets if targets else None
+
+
+def _limit(raw, data_args: DataArguments):
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is None:
+            continue
+        dataset = raw[split]
+        raw[split] = (
+            dataset.take(limit)
+            if isinstance(dataset, IterableDataset)
+            else dataset.select(range(min(limit, len(dataset))))
+        )
+    return raw
+
+
+def _check_data_args(data_args: DataArguments) -> None:
+    if data_args.block_size < 2:
+        raise RecipeConfigError(f"block_size ({data_args.block_size}) must be at least 2.")
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data_args, name)
+        if value is not None and value < 1:
+            raise RecipeConfigError(f"{name} ({value}) must be positive, or unset to use all documents.")
+
+
+def _stats(raw, train, validation, data_args: DataArguments) -> dict[str, Any]:
+    stats: dict[str, Any] = {"block_size": data_args.block_size}
+    for split, packed in (("train", train), ("validation", validation)):
+        if isinstance(packed, Dataset):
+            stats[f"{split}_documents"] = len(raw[split])
+            stats[f"{split}_rows"] = len(packed)
+            stats[f"{split}_tokens"] = len(packed) * data_args.block_size
+    ratio = bytes_per_target(validation)
+    if ratio is not None:
+        stats["validation_bytes_per_token"] = ratio
+    return stats
+
+
+def _iter_texts(dataset: Dataset | IterableDataset, data_args: DataArguments):
+    for batch in dataset.iter(batch_size=_MAP_BATCH_DOCUMENTS):
+        yield from (t for t in batch[data_args.text_column] if t)
+
+
+def _num_proc(data_args: DataArguments, num_documents: int) -> int | None:
+    if data_args.preprocessing_num_workers is not None:
+        return data_args.preprocessing_num_workers if data_args.preprocessing_num_workers > 1 else None
+    workers = min(os.cpu_count() or 1, math.ceil(num_documents / 20_000))
+    return workers if workers > 1 else None
+
+
+def _cache_root() -> Path:
+    return Path(datasets_config.HF_DATASETS_CACHE).parent / "gemma3_recipe"
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,152 @@
+"""Parse recipe dataclasses from `<recipe.yaml> [--key value ...]`: the command line wins over the file."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from recipe.config import RecipeConfigError
+
+
+class RecipeParser(HfArgumentParser):
+    """`HfArgumentParser` that reads a YAML recipe, rejects unknown keys, and applies CLI overrides on top."""
+
+    def parse_recipe(self, args: list[str] | None = None) -> tuple[Any, ...]:
+        args = list(sys.argv[1:] if args is None else args)
+        yaml_path, args = _split_recipe_path(args)
+        recipe = load_recipe_file(yaml_path) if yaml_path else {}
+        self._check_recipe_keys(recipe, yaml_path)
+        self.set_defaults(**recipe)
+        parsed = self.parse_args_into_dataclasses(args=args)
+        explicit = set(recipe) | _cli_keys(args, self.option_names())
+        for obj in parsed:
+            object.__setattr__(obj, "_explicit_keys", explicit)
+        return parsed
+
+    def option_names(self) -> dict[str, dataclasses.Field]:
+        return {
+            f.name: f for dataclass_type in self.dataclass_types for f in dataclasses.fields(dataclass_type) if f.init
+        }
+
+    def _check_recipe_keys(self, recipe: dict[str, Any], path: str | None) -> None:
+        options = self.option_names()
+        for key, value in recipe.items():
+            if key not in options:
+                close = difflib.get_close_matches(key, options, n=1)
+                hint = f" Did you mean `{close[0]}`?" if close else ""
+                raise RecipeConfigError(
+                    f"Unknown option `{key}` in {path}.{hint} Run `python run_pretrain.py --help` for every option."
+                )
+            _check_value_type(key, value, options[key].type, path)
+
+
+def load_recipe_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise RecipeConfigError(f"Recipe file {path} does not exist. Pass a YAML file such as recipe/configs/*.yaml.")
+    try:
+        recipe = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise RecipeConfigError(f"Recipe file {path} is not valid YAML: {error}") from error
+    if not isinstance(recipe, dict):
+        raise RecipeConfigError(f"Recipe file {path} must hold `key: value` pairs at its top level.")
+    return recipe
+
+
+def explicit_recipe(parsed: tuple[Any, ...]) -> dict[str, Any]:
+    """The options that the YAML file or the command line set, with their final values (never secrets)."""
+    recipe: dict[str, Any] = {}
+    for obj in parsed:
+        explicit = getattr(obj, "_explicit_keys", set())
+        # All of the recipe's own options; of the inherited Trainer options, those that were set.
+        own_options = set(vars(type(obj)).get("__annotations__", {}))
+        for f in dataclasses.fields(obj):
+            name = f.name
+            if not f.init or name.endswith("_token"):  # hub_token and the like are never written anywhere
+                continue
+            if name not in own_options and name not in explicit:
+                continue
+            recipe[name] = _plain(getattr(obj, name))
+    return recipe
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _split_recipe_path(args: list[str]) -> tuple[str | None, list[str]]:
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            return args[i + 1], args[:i] + args[i + 2 :]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1], args[:i] + args[i + 1 :]
+    if args and not args[0].startswith("-") and args[0].endswith((".yaml", ".yml")):
+        return args[0], args[1:]
+    return None, args
+
+
+def _cli_keys(args: list[str], options: dict[str, Any]) -> set[str]:
+    keys = set()
+    for arg in args:
+        if arg.startswith("--"):
+            key = arg[2:].split("=", 1)[0].replace("-", "_")
+            if key.startswith("no_") and key[3:] in options:
+                key = key[3:]
+            keys.add(key)
+    return keys
+
+
+def _check_value_type(key: str, value: Any, annotation: Any, path: str | None) -> None:
+    """argparse converts strings; catch YAML values of the wrong kind (a list for a number, say)."""
+    if value is None or isinstance(value, str):
+        return
+    allowed = _allowed_types(annotation)
+    if not allowed or any(_is_instance(value, t) for t in allowed):
+        return
+    names = ", ".join(sorted(t.__name__ for t in allowed))
+    raise RecipeConfigError(
+        f"Option `{key}` in {path} has the wrong type: got {type(value).__name__} {value!r}, expected {names}."
+    )
+
+
+def _allowed_types(annotation: Any) -> set[type]:
+    if isinstance(annotation, str):
+        try:
+            annotation = eval(annotation, {**vars(typing), "dict": dict, "list": list})  # noqa: S307
+        except Exception:  # noqa: BLE001 - unknown forward references are simply not checked
+            return set()
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_allowed_types(a) for a in typing.get_args(annotation)))
+    if origin is not None:
+        return {origin} if isinstance(origin, type) else set()
+    if isinstance(annotation, type):
+        if issubclass(annotation, str):  # str-valued enums accept plain strings only
+            return {str}
+        return {annotation}
+    return set()
+
+
+def _is_instance(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is type(None):
+        return value is None
+    return isinstance(value, expected)

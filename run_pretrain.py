@@ -1,0 +1,11 @@
+"""Pretrain a Gemma 3 language model from scratch.
+
+    accelerate launch run_pretrain.py recipe/configs/gemma3-tiny-tinystories.yaml [--key value ...]
+
+Every option is documented by `python run_pretrain.py --help`.
+"""
+
+from recipe.pretrain import main
+
+if __name__ == "__main__":
+    main()

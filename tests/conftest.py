@@ -1,0 +1,117 @@
+"""Shared fixtures: generated story corpora (no network, no shared data) and small recipe arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Datasets and tokenizer caches live in a fresh folder per test session (set before `datasets` is imported).
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="recipe-tests-hf-")
+os.environ.pop("HF_DATASETS_CACHE", None)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max", "Anna", "Sam"]
+ANIMALS = ["cat", "dog", "bird", "fish", "bunny", "frog"]
+THINGS = ["ball", "kite", "cake", "boat", "hat", "box", "drum"]
+PLACES = ["park", "garden", "beach", "forest", "house", "school"]
+FEELINGS = ["happy", "sad", "excited", "scared", "proud"]
+
+
+def make_story(rng: random.Random) -> str:
+    name, friend = rng.sample(NAMES, 2)
+    animal, thing, place, feeling = (rng.choice(x) for x in (ANIMALS, THINGS, PLACES, FEELINGS))
+    sentences = [
+        f"Once upon a time, there was a little {animal} named {name}.",
+        f"{name} liked to play in the {place} with a red {thing}.",
+        f"One day, {name} met {friend} near the big tree.",
+        f'{friend} said, "Can I play with your {thing}?"',
+        f"{name} felt {feeling} and said yes.",
+        "They played together until the sun went down.",
+        "The end.",
+    ]
+    return " ".join(sentences[: rng.randint(4, 7)])
+
+
+def write_stories(folder: Path, n_train: int = 600, n_validation: int = 60, seed: int = 0) -> Path:
+    """A TinyStories-like folder: `train.txt` and `validation.txt` with `<|endoftext|>` separators."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", n_train), ("validation", n_validation)):
+        stories = [make_story(rng) for _ in range(count)]
+        (folder / f"{split}.txt").write_text("".join(f"{s}\n<|endoftext|>\n" for s in stories), encoding="utf-8")
+    return folder
+
+
+def read_stories(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    return [s.strip() for s in text.split("<|endoftext|>") if s.strip()]
+
+
+@pytest.fixture(scope="session")
+def stories_dir(tmp_path_factory) -> Path:
+    return write_stories(tmp_path_factory.mktemp("stories"))
+
+
+@pytest.fixture(scope="session")
+def jsonl_file(stories_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("jsonl") / "train.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for story in read_stories(stories_dir / "train.txt"):
+            handle.write(json.dumps({"text": story}) + "\n")
+    return path
+
+
+def tiny_args(data: Path, output_dir: Path, *extra: str) -> list[str]:
+    """Command-line arguments for a run that takes seconds: a smaller-than-tiny model on generated stories."""
+    return [
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(output_dir),
+        "--tokenizer_vocab_size",
+        "400",
+        "--hidden_size",
+        "64",
+        "--intermediate_size",
+        "128",
+        "--num_hidden_layers",
+        "2",
+        "--num_attention_heads",
+        "2",
+        "--num_key_value_heads",
+        "1",
+        "--head_dim",
+        "32",
+        "--sliding_window",
+        "16",
+        "--sliding_window_pattern",
+        "2",
+        "--block_size",
+        "64",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "8",
+        "--max_steps",
+        "20",
+        "--logging_steps",
+        "5",
+        "--eval_steps",
+        "10",
+        "--save_steps",
+        "10",
+        "--preprocessing_num_workers",
+        "1",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]

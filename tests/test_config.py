@@ -1,0 +1,130 @@
+"""Recipe parsing, presets, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import Gemma3ForCausalLM, PreTrainedTokenizerFast, get_scheduler
+
+from recipe.config import ModelArguments, RecipeConfigError
+from recipe.presets import build_model_config, count_parameters
+from recipe.pretrain import parse_args
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_cli_overrides_yaml_and_yaml_overrides_defaults(tmp_path):
+    path = _write(tmp_path, "learning_rate: 2.0e-3\nblock_size: 128\nmodel_preset: gemma3-tiny\nmax_steps: 5\n")
+    model_args, data_args, training_args = parse_args([path, "--block_size", "64", "--output_dir", str(tmp_path)])
+    assert data_args.block_size == 64
+    assert training_args.learning_rate == 2e-3
+    assert training_args.max_steps == 5
+    assert model_args.model_preset == "gemma3-tiny"
+    assert training_args.per_device_train_batch_size == 8  # Trainer default, set by neither
+
+
+def test_yaml_scientific_notation_without_dot_is_a_float(tmp_path):
+    path = _write(tmp_path, "learning_rate: 5e-4\n")
+    assert parse_args([path, "--output_dir", str(tmp_path)])[2].learning_rate == 5e-4
+
+
+def test_unknown_yaml_key_is_rejected_by_name(tmp_path):
+    path = _write(tmp_path, "learning_rte: 1e-3\n")
+    with pytest.raises(RecipeConfigError, match="learning_rte.*Did you mean `learning_rate`"):
+        parse_args([path])
+
+
+def test_wrong_type_in_yaml_is_rejected_by_name(tmp_path):
+    path = _write(tmp_path, "block_size: [1, 2]\n")
+    with pytest.raises(RecipeConfigError, match="block_size.*wrong type"):
+        parse_args([path])
+
+
+def test_min_lr_above_peak_is_rejected_before_any_compute(tmp_path):
+    path = _write(tmp_path, "learning_rate: 1.0e-4\nmin_lr: 5.0e-4\n")
+    with pytest.raises(RecipeConfigError, match=r"min_lr \(0.0005\) must not exceed learning_rate \(0.0001\)"):
+        parse_args([path, "--output_dir", str(tmp_path)])
+
+
+def test_fp16_is_rejected_with_bf16_advice(tmp_path):
+    with pytest.raises(RecipeConfigError, match="bf16"):
+        parse_args(["--fp16", "true", "--output_dir", str(tmp_path)])
+
+
+def test_warmup_then_cosine_to_min_lr(tmp_path):
+    _, _, args = parse_args(
+        [
+            "--learning_rate",
+            "1e-3",
+            "--min_lr_rate",
+            "0.1",
+            "--warmup_steps",
+            "10",
+            "--max_steps",
+            "100",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=10,
+        num_training_steps=100,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )
+    lrs = []
+    for _ in range(100):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.0
+    assert lrs[5] == pytest.approx(0.5e-3)
+    assert lrs[10] == pytest.approx(1e-3)
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:])), "decay must never rise"
+    midpoint = 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * 0.5))
+    assert lrs[55] == pytest.approx(midpoint, rel=1e-6)
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-4)
+
+
+def _gemma_vocab_tokenizer(size: int) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, **{f"t{i}": i for i in range(3, size)}}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+    )
+
+
+def test_270m_preset_has_268m_parameters_with_the_official_vocab():
+    config = build_model_config(ModelArguments(model_preset="gemma3-270m"), _gemma_vocab_tokenizer(262_144))
+    assert config.vocab_size == 262_144
+    assert config.layer_types.count("sliding_attention") == 15 and config.layer_types.count("full_attention") == 3
+    assert config.layer_types[5] == "full_attention"
+    assert (config.sliding_window, config.head_dim, config.query_pre_attn_scalar) == (512, 256, 256)
+    with torch.device("meta"):
+        model = Gemma3ForCausalLM(config)
+    parameters = count_parameters(model)
+    assert round(parameters["total"] / 1e6) == 268
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+
+
+def test_vocab_and_special_ids_come_from_the_tokenizer():
+    tokenizer = _gemma_vocab_tokenizer(1000)
+    config = build_model_config(ModelArguments(model_preset="gemma3-tiny"), tokenizer)
+    assert (config.vocab_size, config.bos_token_id, config.eos_token_id, config.pad_token_id) == (1000, 2, 1, 0)
+
+
+def test_unknown_preset_is_rejected():
+    with pytest.raises(RecipeConfigError, match="gemma3-270m, gemma3-tiny"):
+        build_model_config(ModelArguments(model_preset="gemma3-1b"), _gemma_vocab_tokenizer(100))
