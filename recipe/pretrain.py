@@ -11,11 +11,11 @@ from typing import Any
 import datasets
 import transformers
 import yaml
-from transformers import set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from recipe.callbacks import ThroughputCallback, TrainingBudgetCallback
 from recipe.config import DataArguments, ModelArguments, PretrainingArguments, RecipeConfigError
-from recipe.data import collate_packed_rows, prepare_data
+from recipe.data import PreparedData, collate_packed_rows, prepare_data
 from recipe.parser import RecipeParser, explicit_recipe
 from recipe.presets import build_model, build_model_config, count_parameters
 from recipe.trainer import PretrainTrainer
@@ -37,30 +37,8 @@ def run_pretraining(
     _setup_logging(training_args)
     set_seed(training_args.seed)
     data = prepare_data(model_args, data_args, training_args.main_process_first(desc="data preparation"))
-    config = build_model_config(model_args, data.tokenizer)
-    if data_args.block_size > config.max_position_embeddings:
-        raise RecipeConfigError(
-            f"block_size ({data_args.block_size}) exceeds the model's max_position_embeddings "
-            f"({config.max_position_embeddings}). Lower block_size or raise max_position_embeddings."
-        )
-    model = build_model(config)
-    world = training_args.world_size
-    tokens_per_step = (
-        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
-    ) * data_args.block_size
-    callbacks = [ThroughputCallback.for_model(config, data_args.block_size, tokens_per_step)]
-    if training_args.max_train_minutes:
-        callbacks.append(TrainingBudgetCallback(training_args.max_train_minutes))
-    trainer = PretrainTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=data.train,
-        eval_dataset=data.validation,
-        processing_class=data.tokenizer,
-        data_collator=collate_packed_rows,
-        callbacks=callbacks,
-        bytes_per_token=data.stats.get("validation_bytes_per_token"),
-    )
+    model = build_pretraining_model(model_args, data_args, data.tokenizer)
+    trainer = build_trainer(model, data, data_args, training_args)
     parameters = count_parameters(model)
     logger.info(
         "Model: %s, %s parameters (%s without embeddings)",
@@ -72,18 +50,59 @@ def run_pretraining(
     if training_args.dry_run:
         logger.info("Dry run: configuration, data and model are ready; exiting before the first step.")
         return {}
-
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    return finish_run(trainer, train_result.metrics, (model_args, data_args, training_args))
+
+
+def build_pretraining_model(
+    model_args: ModelArguments, data_args: DataArguments, tokenizer: PreTrainedTokenizerBase
+) -> PreTrainedModel:
+    config = build_model_config(model_args, tokenizer)
+    if data_args.block_size > config.max_position_embeddings:
+        raise RecipeConfigError(
+            f"block_size ({data_args.block_size}) exceeds the model's max_position_embeddings "
+            f"({config.max_position_embeddings}). Lower block_size or raise max_position_embeddings."
+        )
+    return build_model(config)
+
+
+def build_trainer(
+    model: PreTrainedModel, data: PreparedData, data_args: DataArguments, training_args: PretrainingArguments
+) -> PretrainTrainer:
+    tokens_per_step = (
+        training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * training_args.world_size
+        * data_args.block_size
+    )
+    callbacks = [ThroughputCallback.for_model(model.config, data_args.block_size, tokens_per_step)]
+    if training_args.max_train_minutes:
+        callbacks.append(TrainingBudgetCallback(training_args.max_train_minutes))
+    return PretrainTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        processing_class=data.tokenizer,
+        data_collator=collate_packed_rows,
+        callbacks=callbacks,
+        bytes_per_token=data.stats.get("validation_bytes_per_token"),
+    )
+
+
+def finish_run(trainer: PretrainTrainer, train_metrics: dict[str, float], parsed: tuple) -> dict[str, Any]:
+    """Save the final model, metrics, state and recipe; evaluate; push."""
+    training_args = trainer.args
     trainer.save_model()
-    metrics = dict(train_result.metrics)
+    metrics = dict(train_metrics)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
-    eval_metrics = trainer.evaluate() if training_args.eval_strategy != "no" or data.validation else {}
+    eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("eval", eval_metrics)
     if trainer.is_world_process_zero():
-        save_recipe(training_args.output_dir, explicit_recipe((model_args, data_args, training_args)))
+        save_recipe(training_args.output_dir, explicit_recipe(parsed))
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training")
     return {"train": metrics, "eval": eval_metrics}
