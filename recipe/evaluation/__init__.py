@@ -1,0 +1,1 @@
+"""Measuring a trained model: completions for prompts, held-out metrics, generation metrics."""
