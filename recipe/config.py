@@ -48,7 +48,27 @@ class ModelArguments:
     )
     init_from: str | None = field(
         default=None,
-        metadata={"help": "Start from this causal LM (local folder or Hub id) instead of random weights."},
+        metadata={
+            "help": "Fine-tune this causal LM (local folder or Hub id, e.g. one of our outputs or "
+            "`google/gemma-3-270m`) instead of random weights. Its architecture and tokenizer are used: do not "
+            "combine it with model_preset, architecture overrides or tokenizer options."
+        },
+    )
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train LoRA adapters (peft) on the frozen `init_from` model instead of all its weights."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha/r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata={"help": "Module names that get LoRA adapters (default: attention and MLP projections; "
+                  "`all-linear` for every linear layer but the LM head)."},
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "After LoRA training, also save base + adapter merged into one model in `<output_dir>/merged`."},
     )
     tokenizer_name_or_path: str | None = field(
         default=None,
@@ -177,8 +197,10 @@ class PretrainingArguments(TrainingArguments):
             )
         if self.bf16 is None:
             self.bf16 = bf16_supported()
-        if self.bf16 and not torch.cuda.is_available():
-            self.use_cpu = True
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per dataloader
+            if self.bf16:
+                self.use_cpu = True
         self._set_min_lr_schedule()
         super().__post_init__()
 
