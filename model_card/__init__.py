@@ -1,0 +1,40 @@
+"""The model card of a training folder: plots, results, an interpretation of the run, and Hub metadata."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from model_card.interpretation import interpret, warmup_steps
+from model_card.plots import write_plots
+from model_card.render import DEFAULT_LANGUAGE, DEFAULT_LICENSE, render_card
+from model_card.run_folder import load_run
+
+__all__ = ["write_model_card"]
+
+logger = logging.getLogger(__name__)
+
+
+def write_model_card(
+    folder: str | Path,
+    base_model: str | None = None,
+    *,
+    license: str = DEFAULT_LICENSE,
+    language: str | list[str] = DEFAULT_LANGUAGE,
+) -> Path:
+    """Write the plots (`*.png`) and `README.md` into a finished training folder; returns the README path.
+
+    Everything comes from the folder itself, so the card can be rebuilt at any time (e.g. after
+    `run_eval.py` adds `evaluation/results.json`). `base_model` marks the model as a fine-tune of it; it defaults
+    to the recipe's `init_from`, so a rebuilt card keeps saying what the model was fine-tuned from.
+    """
+    run = load_run(folder)
+    base_model = base_model or run.recipe.get("init_from") or (run.adapter or {}).get("base_model_name_or_path")
+    evidence = run.evidence(fine_tune=bool(base_model))
+    plots = write_plots(run.log_history, run.folder, warmup_steps(evidence))
+    statements = interpret(evidence)
+    card = render_card(run, statements, plots, base_model=base_model, license=license, language=language)
+    path = run.folder / "README.md"
+    card.save(path)
+    logger.info("Model card written to %s (%d plots, %d statements)", path, len(plots), len(statements))
+    return path
