@@ -1,0 +1,253 @@
+"""Which checkpoint a run resumes from, and whether an output folder belongs to this run.
+
+A killed run leaves `checkpoint-N` folders behind, the last one possibly half-written. A checkpoint counts as
+complete only when every file the Trainer writes is present and intact (JSON parses, safetensors and torch
+files are not truncated). After each save, once every process has finished writing, the main process adds
+`checkpoint_complete.json` listing the files and their sizes, so a later change or truncation is caught too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import zipfile
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from accelerate import PartialState
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from recipe.config import DataArguments, ModelArguments, RecipeConfigError
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "checkpoint_complete.json"
+RECIPE_FILE = "recipe.yaml"
+AUTO_RESUME = ("auto", "true", "latest")
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+# Options that change neither the model nor the training data: a resumed run may change them.
+_OPERATIONAL_OPTIONS = {"preprocessing_num_workers", "overwrite_cache", "max_eval_samples", "merge_adapter"}
+
+
+class CheckpointCompleteCallback(TrainerCallback):
+    """Marks each checkpoint complete once all processes have written their files to it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        PartialState().wait_for_everyone()  # other ranks write their RNG state (and shards) into the folder
+        if state.is_world_process_zero:
+            write_complete_marker(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+def write_complete_marker(folder: Path) -> None:
+    """Flush every file of the checkpoint to disk, then record the files and their sizes atomically."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER):
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        files[path.relative_to(folder).as_posix()] = path.stat().st_size
+    temporary = folder / f".{COMPLETE_MARKER}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump({"files": files}, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, folder / COMPLETE_MARKER)
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """None when `folder` holds a complete checkpoint that training can resume from, else what is wrong."""
+    folder = Path(folder)
+    if not folder.exists():
+        return "it does not exist"
+    if not folder.is_dir():
+        return "it is not a folder"
+    marker = folder / COMPLETE_MARKER
+    if marker.exists():
+        try:
+            recorded = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{COMPLETE_MARKER} is unreadable"
+        for name, size in recorded.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != size:
+                return f"{name} has {path.stat().st_size} bytes where {size} were written"
+    try:
+        step = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    except FileNotFoundError:
+        return "trainer_state.json is missing"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "trainer_state.json is truncated or unreadable"
+    if not isinstance(step, int):
+        return "trainer_state.json has no global_step"
+    if not any((folder / name).exists() for name in _WEIGHTS) and not _has_fsdp_weights(folder):
+        return "the model weights are missing"
+    if not (folder / "optimizer.pt").exists() and not any(folder.glob("optimizer_*")):
+        return "optimizer.pt is missing (checkpoints saved with save_only_model cannot resume training)"
+    if not (folder / "scheduler.pt").exists():
+        return "scheduler.pt is missing"
+    if not any(folder.glob("rng_state*.pth")):
+        return "rng_state.pth is missing"
+    for path in sorted(folder.iterdir()):
+        problem = _file_problem(path)
+        if problem:
+            return f"{path.name} {problem}"
+    return None
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """`checkpoint-N` folders in `output_dir`, newest step first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    for _, folder in list_checkpoints(output_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        logger.warning("Not resuming from %s: %s.", folder, problem)
+    return None
+
+
+def resolve_resume_checkpoint(parsed: tuple[ModelArguments, DataArguments, Any]) -> str | None:
+    """The checkpoint to resume from, after checking that `output_dir` holds this run (or nothing).
+
+    `resume_from_checkpoint` unset or `auto`: the latest complete checkpoint in `output_dir`, if any. A path:
+    that checkpoint, which must be complete. `overwrite_output_dir: true`: none, the run starts over.
+    """
+    training_args = parsed[-1]
+    output_dir = Path(training_args.output_dir)
+    requested = training_args.resume_from_checkpoint
+    auto = requested is None or str(requested).lower() in AUTO_RESUME
+    if not training_args.overwrite_output_dir:
+        check_output_dir_owner(output_dir, run_identity(parsed), resume_named=not auto)
+    if auto:
+        if training_args.overwrite_output_dir:
+            return None
+        latest = latest_complete_checkpoint(output_dir)
+        if latest is not None:
+            logger.info("Resuming from %s, the latest complete checkpoint in %s.", latest, output_dir)
+        return str(latest) if latest is not None else None
+    problem = checkpoint_problem(requested)
+    if problem is not None:
+        raise RecipeConfigError(
+            f"resume_from_checkpoint `{requested}` cannot be resumed: {problem}. Give a complete checkpoint-N "
+            "folder, or `auto` for the latest complete one in output_dir."
+        )
+    return str(requested)
+
+
+def check_output_dir_owner(output_dir: Path, identity: dict[str, Any], resume_named: bool = False) -> None:
+    """Refuse to write into a folder that holds another run's model or checkpoints (without a recipe.yaml
+    to tell, only a checkpoint named by resume_from_checkpoint vouches for it)."""
+    saved = output_dir / RECIPE_FILE
+    if not saved.exists():
+        if resume_named:
+            return
+        held = [p.name for p in (output_dir / "config.json", output_dir / "trainer_state.json") if p.exists()]
+        if list_checkpoints(output_dir) or held:
+            raise RecipeConfigError(
+                f"output_dir `{output_dir}` holds checkpoints or a model but no {RECIPE_FILE}, so it cannot be told "
+                "whether they belong to this run. Use another output_dir, resume explicitly with "
+                "resume_from_checkpoint <checkpoint folder>, or set overwrite_output_dir: true to replace them."
+            )
+        return
+    try:
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise RecipeConfigError(
+            f"{saved} is unreadable ({error}); set overwrite_output_dir: true to start over."
+        ) from error
+    differences = [
+        f"{name}: {previous.get(name, _default(name))!r} there, {value!r} now"
+        for name, value in identity.items()
+        if previous.get(name, _default(name)) != value
+    ]
+    if differences:
+        raise RecipeConfigError(
+            f"output_dir `{output_dir}` holds a different run ({'; '.join(differences)}). Use another "
+            "output_dir, restore those options to resume it, or set overwrite_output_dir: true to replace it."
+        )
+
+
+def run_identity(parsed: tuple[ModelArguments, DataArguments, Any]) -> dict[str, Any]:
+    """The model and data options that make two runs the same run (schedule and logging may change)."""
+    from recipe.parser import explicit_recipe  # the parser imports the config, not this module
+
+    names = {f.name for cls in (ModelArguments, DataArguments) for f in fields(cls)} - _OPERATIONAL_OPTIONS
+    recipe = {name: value for name, value in explicit_recipe(parsed).items() if name in names}
+    return yaml.safe_load(yaml.safe_dump(recipe))  # the values as they read back from recipe.yaml
+
+
+def prepare_output_dir(output_dir: str | Path, resume_from: str | None, overwrite: bool) -> None:
+    """Main process, just before training: drop checkpoints that must never be resumed.
+
+    With `overwrite`, all old checkpoints go (a later auto-resume must not pick one); otherwise those whose save
+    was cut short (no completion marker, files missing or truncated), which the new run would write into.
+    """
+    for _, folder in list_checkpoints(output_dir):
+        if resume_from is not None and folder.resolve() == Path(resume_from).resolve():
+            continue
+        if overwrite:
+            logger.warning("overwrite_output_dir: deleting %s of the previous run.", folder)
+        elif not (folder / COMPLETE_MARKER).exists() and checkpoint_problem(folder) is not None:
+            logger.warning("Deleting %s: its save was cut short.", folder)
+        else:
+            continue
+        shutil.rmtree(folder)
+
+
+def _default(name: str) -> Any:
+    for cls in (ModelArguments, DataArguments):
+        for f in fields(cls):
+            if f.name == name:
+                return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+    return None
+
+
+def _has_fsdp_weights(folder: Path) -> bool:
+    return any(p.name.startswith("pytorch_model_fsdp") for p in folder.iterdir())
+
+
+def _file_problem(path: Path) -> str | None:
+    """Cheap integrity checks that catch a file cut short by a kill, without loading it."""
+    if not path.is_file():
+        return None
+    if path.suffix == ".safetensors":
+        return _safetensors_problem(path)
+    if path.suffix in (".pt", ".pth", ".bin"):
+        try:
+            with zipfile.ZipFile(path):  # torch.save writes a zip whose directory comes last
+                return None
+        except (OSError, zipfile.BadZipFile):
+            return "is truncated or not a torch file"
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "is truncated or not JSON"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return "has an unreadable header"
+    if path.stat().st_size != 8 + header_size + end:
+        return "is truncated"
+    return None

@@ -1,0 +1,176 @@
+"""Checks that fail in seconds, before data preparation or the first step, on what a recipe can get wrong.
+
+Each error names the option (or file) and what to do. Checks that need only the options run before any data
+is read (`check_recipe`); the few that need the data or the model run right after those are built.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import get_token
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations import get_reporting_integration_callbacks
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from recipe.config import DataArguments, ModelArguments, RecipeConfigError
+from recipe.presets import Gemma3Preset, _parse_overrides, resolve_preset
+from recipe.stability import NONFINITE_ACTIONS
+
+# Gemma3TextConfig fields that the preset or the tokenizer fill in; vocab_size may be raised (padded).
+_SET_BY_RECIPE = {f.name for f in fields(Gemma3Preset)} - {"rope_theta", "rope_local_base_freq"} | {
+    "layer_types",
+    "rope_parameters",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "tie_word_embeddings",
+}
+
+
+def check_recipe(model_args: ModelArguments, data_args: DataArguments, training_args: Any) -> None:
+    """Everything that can be checked from the options alone."""
+    _check_batch(training_args)
+    _check_schedule(training_args)
+    if not model_args.init_from:
+        _check_architecture(model_args, data_args)
+    _check_attention(model_args)
+    if training_args.nonfinite_loss_action not in NONFINITE_ACTIONS:
+        raise RecipeConfigError(
+            f"nonfinite_loss_action `{training_args.nonfinite_loss_action}` is unknown: use `stop` (raise at the "
+            "first NaN/inf loss or gradient) or `skip` (drop that update)."
+        )
+    if training_args.prompts_file and not Path(training_args.prompts_file).is_file():
+        raise RecipeConfigError(f"prompts_file `{training_args.prompts_file}` does not exist.")
+    try:
+        get_reporting_integration_callbacks(training_args.report_to)
+    except ValueError as error:
+        raise RecipeConfigError(
+            f"report_to: {error} Use `none` to log to the console and trainer_state.json."
+        ) from error
+    check_output_dir_writable(training_args.output_dir)
+    if training_args.push_to_hub:
+        _check_hub_token(training_args)
+
+
+def check_schedule_fits_data(train_rows: int, training_args: Any) -> None:
+    """With `num_train_epochs` (no `max_steps`) the run length is known once the data is packed."""
+    if training_args.max_steps > 0 or train_rows <= 0:
+        return
+    rows_per_step = training_args.per_device_train_batch_size * training_args.world_size
+    steps_per_epoch = math.ceil(math.ceil(train_rows / rows_per_step) / training_args.gradient_accumulation_steps)
+    total_steps = math.ceil(steps_per_epoch * training_args.num_train_epochs)
+    _check_warmup(
+        training_args, total_steps, f"the run ({total_steps} steps of {training_args.num_train_epochs:g} epochs)"
+    )
+
+
+def check_vocab_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Every token id the tokenizer can produce must have a row in the model's embedding."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise RecipeConfigError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model embeds only {rows} (vocab_size): ids from "
+            f"{rows} on would crash the embedding. Remove vocab_size from model_config_overrides (the recipe "
+            "takes it from the tokenizer), raise it, or use a tokenizer that fits the model."
+        )
+
+
+def check_output_dir_writable(output_dir: str) -> None:
+    """The folder (or the nearest existing parent it will be created in) must take files: checked with an
+    unnamed temporary file, so even a dry run leaves nothing behind."""
+    folder = Path(output_dir).expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        raise RecipeConfigError(f"output_dir `{output_dir}` is a file. Give a folder path.")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RecipeConfigError(f"output_dir `{output_dir}` cannot be created: `{existing}` is a file.")
+    try:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"no write permission on {existing}")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise RecipeConfigError(
+            f"output_dir `{output_dir}` is not writable ({error}). Choose a folder you can write to."
+        ) from error
+
+
+def _check_batch(training_args: Any) -> None:
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(training_args, name)
+        if value < 1:
+            raise RecipeConfigError(f"{name} ({value}) must be at least 1.")
+
+
+def _check_schedule(training_args: Any) -> None:
+    if not training_args.learning_rate > 0:
+        raise RecipeConfigError(f"learning_rate ({training_args.learning_rate:g}) must be positive, e.g. 1e-3.")
+    if training_args.max_steps > 0:
+        _check_warmup(training_args, training_args.max_steps, f"the run (max_steps {training_args.max_steps})")
+    elif not training_args.num_train_epochs > 0:
+        raise RecipeConfigError(
+            f"Set max_steps or a positive num_train_epochs (got {training_args.num_train_epochs:g}): the run has "
+            "no length."
+        )
+    if training_args.max_train_minutes is not None and training_args.max_train_minutes <= 0:
+        raise RecipeConfigError(f"max_train_minutes ({training_args.max_train_minutes:g}) must be positive or unset.")
+    if training_args.max_grad_norm is not None and training_args.max_grad_norm < 0:
+        raise RecipeConfigError(
+            f"max_grad_norm ({training_args.max_grad_norm:g}) must be positive (1.0 is the default), or 0 to "
+            "turn clipping off."
+        )
+
+
+def _check_warmup(training_args: Any, total_steps: int, run: str) -> None:
+    warmup = training_args.warmup_steps
+    if warmup >= 1 and int(warmup) >= total_steps:
+        raise RecipeConfigError(
+            f"warmup_steps ({int(warmup)}) is not shorter than {run}: the learning rate would never reach its "
+            "peak. Lower warmup_steps, or give a fraction of the run such as 0.05."
+        )
+
+
+def _check_architecture(model_args: ModelArguments, data_args: DataArguments) -> None:
+    preset = resolve_preset(model_args)  # raises on an unknown preset name
+    overrides = _parse_overrides(model_args.model_config_overrides)
+    fixed = sorted(set(overrides) & _SET_BY_RECIPE)
+    if fixed:
+        raise RecipeConfigError(
+            f"model_config_overrides cannot set {', '.join(fixed)}: the recipe derives these fields from the preset "
+            "and the tokenizer. Use the option of the same name (e.g. --hidden_size) instead."
+        )
+    sizes = {f.name: getattr(preset, f.name) for f in fields(preset) if isinstance(getattr(preset, f.name), int)}
+    too_small = {name: value for name, value in sizes.items() if value < 1}
+    if too_small:
+        name, value = next(iter(too_small.items()))
+        raise RecipeConfigError(f"{name} ({value}) must be at least 1.")
+    if data_args.block_size > preset.max_position_embeddings:
+        raise RecipeConfigError(
+            f"block_size ({data_args.block_size}) exceeds the model's max_position_embeddings "
+            f"({preset.max_position_embeddings}). Lower block_size or raise max_position_embeddings."
+        )
+
+
+def _check_attention(model_args: ModelArguments) -> None:
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if model_args.attn_implementation not in known:
+        raise RecipeConfigError(
+            f"attn_implementation `{model_args.attn_implementation}` is unknown. Use one of: {', '.join(known)}."
+        )
+
+
+def _check_hub_token(training_args: Any) -> None:
+    if training_args.hub_token or get_token():
+        return
+    raise RecipeConfigError(
+        "push_to_hub is on but no Hugging Face token was found. Run `hf auth login` or set HF_TOKEN before "
+        "starting (checked now so the push does not fail after training), or set push_to_hub: false."
+    )

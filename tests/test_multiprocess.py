@@ -1,0 +1,134 @@
+"""Two DDP processes on the CPU (gloo): the multi-GPU code paths, tested without a GPU.
+
+2 processes x batch 4 must train like 1 process x batch 8, and only the main process may write the output
+folder: every Python-level write, rename, mkdir or delete under it is recorded per rank by an audit hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recipe.checkpoints import COMPLETE_MARKER, checkpoint_problem
+from recipe.pretrain import main
+from tests.conftest import tiny_args
+
+REPO = Path(__file__).resolve().parents[1]
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+WRITE_AUDIT = """
+import os, sys
+
+_rank, _watched, _log_dir = os.environ.get("RANK"), os.environ.get("AUDIT_WATCHED"), os.environ.get("AUDIT_LOG_DIR")
+if _rank is not None and _watched and _log_dir:
+    _log = open(os.path.join(_log_dir, f"rank{_rank}.log"), "a", buffering=1)
+    _write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def _audit(event, args):
+        if event == "open":
+            path, mode, flags = args
+            writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & _write_flags)
+            paths = [path] if writes else []
+        elif event in ("os.remove", "os.rename", "os.mkdir", "shutil.rmtree", "os.rmdir"):
+            paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
+        else:
+            return
+        for path in paths:
+            path = os.path.abspath(os.fsdecode(path))
+            if path.startswith(_watched):
+                _log.write(f"{event} {os.path.relpath(path, _watched)}\\n")
+
+    sys.addaudithook(_audit)
+"""
+
+
+def _args(stories_dir: Path, output_dir: Path, batch: int, prompts: Path) -> list[str]:
+    return tiny_args(
+        stories_dir,
+        output_dir,
+        "--per_device_train_batch_size",
+        str(batch),
+        "--max_steps",
+        "6",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "3",
+        "--eval_strategy",
+        "no",
+        "--bf16",
+        "false",
+        "--dataloader_num_workers",
+        "0",
+        "--prompts_file",
+        str(prompts),
+    )
+
+
+def _losses(output_dir: Path) -> dict[int, tuple[float, float]]:
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return {r["step"]: (r["loss"], r["grad_norm"]) for r in history if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(stories_dir, tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("ddp")
+    prompts = root / "prompts.txt"
+    prompts.write_text("Once upon a time\n", encoding="utf-8")
+    single = root / "single"
+    main(_args(stories_dir, single, 8, prompts))  # also fills the data caches the two processes read
+
+    output_dir, audit_dir, hook_dir = root / "ddp", root / "audit", root / "hook"
+    audit_dir.mkdir()
+    hook_dir.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(WRITE_AUDIT, encoding="utf-8")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hook_dir), str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "AUDIT_WATCHED": str(output_dir),
+        "AUDIT_LOG_DIR": str(audit_dir),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        str(ACCELERATE),
+        "launch",
+        "--config_file",
+        "accelerate_configs/cpu_ddp.yaml",
+        "--num_processes",
+        "2",
+        "run_pretrain.py",
+        *_args(stories_dir, output_dir, 4, prompts),
+    ]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return single, output_dir, audit_dir
+
+
+def test_two_processes_of_batch_4_train_like_one_of_batch_8(ddp_run):
+    single, ddp, _ = ddp_run
+    expected, got = _losses(single), _losses(ddp)
+    assert sorted(got) == sorted(expected) == list(range(1, 7))
+    for step, (loss, grad_norm) in expected.items():
+        assert got[step][0] == pytest.approx(loss, abs=1e-4), step
+        assert got[step][1] == pytest.approx(grad_norm, rel=1e-3), step
+    assert got[6][0] < got[1][0], "it trains"
+
+
+def test_only_the_main_process_writes_the_output_folder(ddp_run):
+    _, output_dir, audit_dir = ddp_run
+    main_writes = (audit_dir / "rank0.log").read_text().splitlines()
+    other_writes = (audit_dir / "rank1.log").read_text().splitlines()  # exists once the hook runs in rank 1
+    for written in ("recipe.yaml", "trainer_state.json", f"checkpoint-6/{COMPLETE_MARKER}", "README.md"):
+        assert any(line.endswith(written) for line in main_writes), written
+    # The other rank only creates the checkpoint folder its own RNG state goes into (torch.save, not audited).
+    assert all(line.startswith("os.mkdir checkpoint-") for line in other_writes), other_writes
+    for step in (3, 6):
+        checkpoint = output_dir / f"checkpoint-{step}"
+        assert checkpoint_problem(checkpoint) is None
+        assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(
+            json.loads((checkpoint / COMPLETE_MARKER).read_text())["files"]
+        )
