@@ -1,0 +1,202 @@
+"""Fine-tuning: start from a trained causal LM (`init_from`), train all its weights or LoRA adapters (peft).
+
+The checkpoint fixes the architecture and the tokenizer, so the recipe's own architecture and tokenizer
+options are refused together with `init_from` rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from recipe.config import ModelArguments, RecipeConfigError
+from recipe.tokenizer import prepare_tokenizer
+
+logger = logging.getLogger(__name__)
+
+BASE_MODEL_EVAL_FILE = "base_model_eval.json"
+MERGED_FOLDER = "merged"
+
+# Options that describe an architecture or a tokenizer to build: the `init_from` checkpoint already has both.
+CONFLICTS_WITH_INIT_FROM = (
+    "model_preset",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "sliding_window",
+    "sliding_window_pattern",
+    "max_position_embeddings",
+    "model_config_overrides",
+    "tokenizer_name_or_path",
+    "tokenizer_vocab_size",
+    "tokenizer_train_documents",
+)
+
+
+def check_finetuning_args(model_args: ModelArguments) -> None:
+    """Fail at start-up, before any data work, on options that cannot go together or a wrong `init_from`."""
+    if not model_args.init_from:
+        if model_args.use_peft:
+            raise RecipeConfigError(
+                "use_peft trains adapters on a trained model: set init_from to a causal LM folder or Hub id "
+                "(e.g. the output_dir of a pretraining run), or drop use_peft to pretrain from scratch."
+            )
+        return
+    explicit = getattr(model_args, "_explicit_keys", set())
+    conflicts = [name for name in CONFLICTS_WITH_INIT_FROM if name in explicit]
+    if conflicts:
+        raise RecipeConfigError(
+            f"init_from `{model_args.init_from}` fixes the architecture and the tokenizer, so "
+            f"{', '.join(conflicts)} cannot be given with it. Remove {'them' if len(conflicts) > 1 else 'it'} "
+            "from the recipe and the command line (a new tokenizer would not match the trained embeddings)."
+        )
+    load_init_config(model_args.init_from)
+    if model_args.use_peft and model_args.lora_r < 1:
+        raise RecipeConfigError(f"lora_r ({model_args.lora_r}) must be a positive rank, e.g. 16.")
+
+
+def load_init_config(init_from: str):
+    """The checkpoint's config, after checking that it describes a causal language model."""
+    hint = (
+        f"init_from must be a causal LM: a folder with config.json and model weights (such as the output_dir "
+        f"of a pretraining run, or its `{MERGED_FOLDER}` folder after LoRA) or a Hub id like google/gemma-3-270m."
+    )
+    try:
+        config = AutoConfig.from_pretrained(resolve_init_from(init_from), trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise RecipeConfigError(f"Could not load init_from `{init_from}`: {error}\n{hint}") from error
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise RecipeConfigError(
+            f"init_from `{init_from}` is a `{config.model_type}` model, not a causal language model. {hint}"
+        )
+    return config
+
+
+def load_init_tokenizer(init_from: str) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with the checkpoint: its ids are the ones the embeddings were trained on."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_init_from(init_from), trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise RecipeConfigError(
+            f"init_from `{init_from}` has no loadable tokenizer ({error}). Save the tokenizer next to the model "
+            "(our pretraining runs do)."
+        ) from error
+    return prepare_tokenizer(tokenizer)
+
+
+def load_finetuning_model(
+    model_args: ModelArguments, block_size: int, tokenizer: PreTrainedTokenizerBase
+) -> PreTrainedModel | PeftModel:
+    """The `init_from` model in fp32 (bf16 comes from autocast), wrapped in LoRA adapters with `use_peft`."""
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_init_from(model_args.init_from),
+        dtype=torch.float32,
+        trust_remote_code=False,
+        attn_implementation=model_args.attn_implementation,
+    )
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is not None and block_size > max_positions:
+        raise RecipeConfigError(
+            f"block_size ({block_size}) exceeds max_position_embeddings ({max_positions}) of init_from "
+            f"`{model_args.init_from}`. Lower block_size."
+        )
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise RecipeConfigError(
+            f"The tokenizer of init_from `{model_args.init_from}` has {len(tokenizer)} tokens but the model only "
+            f"{vocab} embeddings: the folder mixes a tokenizer and a model that were not trained together."
+        )
+    if not model_args.use_peft:
+        return model
+    return apply_lora(model, model_args)
+
+
+def apply_lora(model: PreTrainedModel, model_args: ModelArguments) -> PeftModel:
+    """Freeze the model and add LoRA adapters to the target modules; only the adapters train."""
+    targets: list[str] | str = list(model_args.lora_target_modules)
+    if [t.lower() for t in targets] == ["all-linear"]:
+        targets = "all-linear"
+    lora_config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        peft_model = get_peft_model(model, lora_config)
+    except ValueError as error:
+        raise RecipeConfigError(
+            f"lora_target_modules {model_args.lora_target_modules} do not fit init_from `{model_args.init_from}`: "
+            f"{error}"
+        ) from error
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    logger.info(
+        "LoRA r=%d alpha=%d on %s: %s trainable of %s parameters (%.2f%%); %s base parameters frozen",
+        model_args.lora_r,
+        model_args.lora_alpha,
+        ", ".join(sorted(peft_model.peft_config["default"].target_modules)),
+        f"{trainable:,}",
+        f"{total:,}",
+        100.0 * trainable / total,
+        f"{total - trainable:,}",
+    )
+    return peft_model
+
+
+def evaluate_base_model(trainer, base_model: str, resuming: bool = False) -> dict[str, Any]:
+    """Held-out metrics of the starting model on the fine-tuning validation data, saved for the model card.
+
+    Called before the first step: LoRA's B matrices start at zero and full fine-tuning has not moved any
+    weight yet, so this is exactly the base model. A resumed run reuses the saved numbers.
+    """
+    path = Path(trainer.args.output_dir) / BASE_MODEL_EVAL_FILE
+    if resuming and path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    if trainer.eval_dataset is None:
+        return {}
+    metrics = trainer.evaluate(metric_key_prefix="eval")
+    trainer.log_metrics("base_model_eval", metrics)
+    record = {"base_model": base_model, **metrics}
+    if trainer.is_world_process_zero():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
+def save_merged_model(adapter_dir: str | Path, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """Base + adapter folded into plain weights in `<adapter_dir>/merged`, a model that loads without peft.
+
+    Built from the saved adapter folder (the way a user would), so the training model is left untouched.
+    """
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype=torch.float32, trust_remote_code=False)
+    merged = model.merge_and_unload()
+    folder = Path(adapter_dir) / MERGED_FOLDER
+    merged.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    logger.info("Merged base model and adapter into %s", folder)
+    return folder
+
+
+def resolve_init_from(init_from: str) -> str:
+    """Local folders become absolute paths, so the adapter's `base_model_name_or_path` works from any directory."""
+    path = Path(init_from).expanduser()
+    return str(path.resolve()) if path.is_dir() else init_from
+
+
+def without_options_fixed_by_init_from(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe without the architecture and tokenizer options that `init_from` replaced (and would refuse)."""
+    if not recipe.get("init_from"):
+        return recipe
+    return {key: value for key, value in recipe.items() if key not in CONFLICTS_WITH_INIT_FROM}
