@@ -9,6 +9,7 @@ import time
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from recipe.flops import peak_flops, training_flops_per_token
 
@@ -87,3 +88,16 @@ def peak_memory_gib() -> float:
         return torch.cuda.max_memory_allocated() / 2**30
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+class TokensPerSecondProgressCallback(ProgressCallback):
+    """The Trainer's progress bar (main process only), with the latest loss and tokens/s beside it."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        super().on_log(args, state, control, logs=logs, **kwargs)
+        if self.training_bar is None or not logs or "tokens_per_second" not in logs:
+            return
+        postfix = f"{logs['tokens_per_second']:,.0f} tokens/s"
+        if "loss" in logs:
+            postfix = f"loss {logs['loss']:.3f}, {postfix}"
+        self.training_bar.set_postfix_str(postfix)

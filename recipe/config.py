@@ -6,6 +6,7 @@ whole recipe. The training dataclass extends `TrainingArguments`, so every Train
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -63,12 +64,16 @@ class ModelArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        metadata={"help": "Module names that get LoRA adapters (default: attention and MLP projections; "
-                  "`all-linear` for every linear layer but the LM head)."},
+        metadata={
+            "help": "Module names that get LoRA adapters (default: attention and MLP projections; "
+            "`all-linear` for every linear layer but the LM head)."
+        },
     )
     merge_adapter: bool = field(
         default=False,
-        metadata={"help": "After LoRA training, also save base + adapter merged into one model in `<output_dir>/merged`."},
+        metadata={
+            "help": "After LoRA training, also save base + adapter merged into one model in `<output_dir>/merged`."
+        },
     )
     tokenizer_name_or_path: str | None = field(
         default=None,
@@ -177,6 +182,20 @@ class PretrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Validate the config, prepare data and model, print the plan, and exit before training."},
     )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "`auto`: resume from the latest complete checkpoint in output_dir (what an unset value does "
+            "when output_dir holds this run's checkpoints), or a checkpoint folder to resume from."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in output_dir instead of resuming: delete its checkpoints, even another run's. "
+            "Drop it before rerunning a killed run, or the rerun starts over too."
+        },
+    )
     nonfinite_loss_action: str = field(
         default="stop",
         metadata={"help": "On a NaN/inf loss or grad norm: `stop` with an error, or `skip` the update."},
@@ -187,6 +206,33 @@ class PretrainingArguments(TrainingArguments):
     sample_max_new_tokens: int = field(default=64, metadata={"help": "Length of the samples during training."})
     prompts_file: str | None = field(
         default=None, metadata={"help": "Prompts for samples, one per line (default: the recipe's story prompts)."}
+    )
+    estimate_wall_time: bool = field(
+        default=True,
+        metadata={
+            "help": "Time a few forward+backward passes before training to estimate the run's wall time in the "
+            "start-up summary (`run_summary.json`)."
+        },
+    )
+    loss_implementation: str = field(
+        default="default",
+        metadata={
+            "help": "Training loss: `default` (the model's own: full logits, then cross-entropy) or `chunked` "
+            "(LM head + cross-entropy over row chunks with gradients computed on the fly: the full logits never "
+            "exist, which saves tens of GB with a 262k vocabulary). Both give the same loss and gradients; "
+            "`chunked` returns no logits for batches with labels (fine with `prediction_loss_only`)."
+        },
+    )
+    loss_chunk_size: int = field(
+        default=4096, metadata={"help": "Tokens per chunk of `loss_implementation: chunked`."}
+    )
+    compile_decoder: bool = field(
+        default=False,
+        metadata={
+            "help": "Compile each decoder layer with `torch.compile` (regional compilation: one layer compiles "
+            "once, in seconds) and the chunked loss's per-chunk kernel; the loss loop stays outside the compiled "
+            "graph. An alternative to `torch_compile`, which compiles the whole model."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -199,10 +245,39 @@ class PretrainingArguments(TrainingArguments):
             self.bf16 = bf16_supported()
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per dataloader
-            if self.bf16:
+            # bf16 autocast on the CPU, and CPU DDP (gloo): without use_cpu each process would train alone
+            if self.bf16 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 self.use_cpu = True
+        if isinstance(self.report_to, str) and "," in self.report_to:  # `--report_to tensorboard,trackio`
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
         self._set_min_lr_schedule()
+        self._check_fast_path()
+        self._move_hub_token_to_environment()
         super().__post_init__()
+
+    def _move_hub_token_to_environment(self) -> None:
+        """`training_args.bin` is a pickle of these arguments and is pushed with the model: a `hub_token` kept here
+        would be published with it. The Hub client reads `HF_TOKEN` from the environment, so the token goes there."""
+        if self.hub_token:
+            os.environ["HF_TOKEN"] = self.hub_token
+            self.hub_token = None
+
+    def _check_fast_path(self) -> None:
+        if self.loss_implementation not in ("default", "chunked"):
+            raise RecipeConfigError(
+                f"loss_implementation `{self.loss_implementation}` is unknown: use `default` or `chunked`."
+            )
+        if self.loss_chunk_size < 1:
+            raise RecipeConfigError(f"loss_chunk_size ({self.loss_chunk_size}) must be positive.")
+        if self.loss_implementation == "chunked" and self.use_liger_kernel:
+            raise RecipeConfigError(
+                "loss_implementation `chunked` and use_liger_kernel both replace the model's loss: choose one."
+            )
+        if self.compile_decoder and (self.torch_compile or self.torch_compile_backend or self.torch_compile_mode):
+            raise RecipeConfigError(
+                "compile_decoder compiles the decoder layers and torch_compile the whole model: choose one "
+                "(unset torch_compile, torch_compile_backend and torch_compile_mode to use compile_decoder)."
+            )
 
     def _set_min_lr_schedule(self) -> None:
         if self.min_lr is not None and self.min_lr > self.learning_rate:

@@ -89,12 +89,21 @@ def _load_files(files: list[str], data_args: DataArguments) -> Dataset:
     suffix = suffixes.pop()
     if suffix == ".txt":
         return _load_text_documents(files, data_args.document_separator)
+    if suffix != ".parquet":
+        for file in files:
+            _check_utf8(file)
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise RecipeConfigError(f"{', '.join(files)}: the file(s) are empty, there are no documents to train on.")
     return load_dataset(_BUILDERS[suffix], data_files=files, split="train")
 
 
 def _load_text_documents(files: list[str], separator: str) -> Dataset:
     for file in files:
         _check_utf8(file)
+    if next(_read_text_documents(files, separator, []), None) is None:
+        raise RecipeConfigError(
+            f"{', '.join(files)} hold no documents: the text is empty or only whitespace and `{separator}` lines."
+        )
     stamps = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]
     return Dataset.from_generator(
         _read_text_documents, gen_kwargs={"files": files, "separator": separator, "stamps": stamps}

@@ -36,7 +36,7 @@ def pack_documents(
     content = np.fromiter(chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum()))
     extra = 2 if add_document_tokens else 0
     doc_lengths = lengths + extra
-    doc_starts = np.concatenate(([0], np.cumsum(doc_lengths)[:-1])).astype(np.int64)
+    doc_starts = (np.cumsum(doc_lengths) - doc_lengths).astype(np.int64)  # empty when every text was blank
     total = int(doc_lengths.sum())
 
     tokens = np.empty(total, dtype=np.int32)

@@ -37,6 +37,14 @@ class RecipeParser(HfArgumentParser):
             f.name: f for dataclass_type in self.dataclass_types for f in dataclasses.fields(dataclass_type) if f.init
         }
 
+    def _declared_types(self) -> dict[str, Any]:
+        """The annotations as written: `HfArgumentParser` narrows `Field.type` (e.g. `str | list[str]` to `str`)."""
+        declared: dict[str, Any] = {}
+        for dataclass_type in reversed(self.dataclass_types):
+            for klass in reversed(dataclass_type.__mro__):
+                declared.update(vars(klass).get("__annotations__", {}))
+        return declared
+
     def _check_recipe_keys(self, recipe: dict[str, Any], path: str | None) -> None:
         options = self.option_names()
         for key, value in recipe.items():
@@ -46,7 +54,7 @@ class RecipeParser(HfArgumentParser):
                 raise RecipeConfigError(
                     f"Unknown option `{key}` in {path}.{hint} Run `python run_pretrain.py --help` for every option."
                 )
-            _check_value_type(key, value, options[key].type, path)
+            _check_value_type(key, value, self._declared_types().get(key, options[key].type), path)
 
 
 def load_recipe_file(path: str) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def build_model_config(model_args: ModelArguments, tokenizer: PreTrainedTokenize
     rope_theta = preset.pop("rope_theta")
     rope_local = preset.pop("rope_local_base_freq")
     pattern = preset.pop("sliding_window_pattern")
-    extra = _parse_overrides(model_args.model_config_overrides)
+    extra = dict(_parse_overrides(model_args.model_config_overrides))
     if preset["num_attention_heads"] % preset["num_key_value_heads"]:
         raise RecipeConfigError(
             f"num_attention_heads ({preset['num_attention_heads']}) must be a multiple of num_key_value_heads "
@@ -97,7 +97,7 @@ def build_model_config(model_args: ModelArguments, tokenizer: PreTrainedTokenize
     ]
     config = Gemma3TextConfig(
         **preset,
-        vocab_size=len(tokenizer),
+        vocab_size=extra.pop("vocab_size", len(tokenizer)),  # an override may pad the vocabulary
         layer_types=layer_types,
         rope_parameters={
             "full_attention": {"rope_type": "default", "rope_theta": rope_theta},

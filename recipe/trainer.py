@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from transformers import Trainer, TrainerState
+
+from model_card import write_model_card
+from recipe.fast_loss import use_chunked_loss
+from recipe.regional_compile import compile_decoder_layers
 
 LN2 = math.log(2.0)
 
@@ -17,12 +23,35 @@ class LogEnricher(Protocol):
     def enrich_logs(self, logs: dict[str, float], state: TrainerState) -> None: ...
 
 
+@runtime_checkable
+class LossObserver(Protocol):
+    """A callback that sees each micro-batch's (detached) training loss, e.g. to check it before the update."""
+
+    def observe_loss(self, loss: torch.Tensor) -> None: ...
+
+
 class PretrainTrainer(Trainer):
     """`Trainer` whose log records carry perplexity, bits per byte, and whatever `LogEnricher` callbacks add."""
 
     def __init__(self, *args: Any, bytes_per_token: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bytes_per_token = bytes_per_token
+        self._use_fast_path()
+
+    def _use_fast_path(self) -> None:
+        """`loss_implementation: chunked` and `compile_decoder` (PretrainingArguments) applied to the model."""
+        if getattr(self.args, "loss_implementation", "default") == "chunked":
+            compile_kernel = bool(getattr(self.args, "compile_decoder", False) or self.args.torch_compile)
+            use_chunked_loss(self.model, self.args.loss_chunk_size, compile_kernel=compile_kernel)
+        if getattr(self.args, "compile_decoder", False):
+            compile_decoder_layers(self.model)
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, LossObserver):
+                callback.observe_loss(loss)
+        return loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         add_language_model_metrics(logs, self.bytes_per_token)
@@ -30,6 +59,16 @@ class PretrainTrainer(Trainer):
             if isinstance(callback, LogEnricher):
                 callback.enrich_logs(logs, self.state)
         super().log(logs, *args, **kwargs)
+
+    def create_model_card(self, *args: Any, finetuned_from: str | None = None, **kwargs: Any) -> None:
+        """`push_to_hub` writes README.md just before uploading: the recipe's card (results, plots, interpretation)
+        replaces the Trainer's draft, so the Hub shows the same card as the output folder."""
+        if not self.is_world_process_zero():
+            return
+        if not (Path(self.args.output_dir) / "trainer_state.json").is_file():  # pushed before `save_state`
+            super().create_model_card(*args, finetuned_from=finetuned_from, **kwargs)
+            return
+        write_model_card(self.args.output_dir, base_model=finetuned_from)
 
 
 def add_language_model_metrics(metrics: dict[str, float], bytes_per_token: float | None, prefix: str = "eval") -> None:
