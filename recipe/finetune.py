@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from recipe.config import ModelArguments, RecipeConfigError
+from recipe.presets import ARCHITECTURE_OPTIONS
 from recipe.tokenizer import prepare_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -27,15 +28,7 @@ MERGED_FOLDER = "merged"
 # Options that describe an architecture or a tokenizer to build: the `init_from` checkpoint already has both.
 CONFLICTS_WITH_INIT_FROM = (
     "model_preset",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "sliding_window",
-    "sliding_window_pattern",
-    "max_position_embeddings",
+    *ARCHITECTURE_OPTIONS,
     "model_config_overrides",
     "tokenizer_name_or_path",
     "tokenizer_vocab_size",

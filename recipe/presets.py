@@ -58,7 +58,7 @@ PRESETS: dict[str, Gemma3Preset] = {
     ),
 }
 
-_OVERRIDABLE = (
+ARCHITECTURE_OPTIONS = (
     "hidden_size",
     "intermediate_size",
     "num_hidden_layers",
@@ -77,7 +77,9 @@ def resolve_preset(model_args: ModelArguments) -> Gemma3Preset:
             f"Unknown model_preset `{model_args.model_preset}`. Choose one of: {', '.join(sorted(PRESETS))}."
         )
     preset = PRESETS[model_args.model_preset]
-    overrides = {name: getattr(model_args, name) for name in _OVERRIDABLE if getattr(model_args, name) is not None}
+    overrides = {
+        name: getattr(model_args, name) for name in ARCHITECTURE_OPTIONS if getattr(model_args, name) is not None
+    }
     return replace(preset, **overrides)
 
 
