@@ -65,14 +65,14 @@ def prepare_once(data: str, tokenizer: str, num_proc: int | None, block_size: in
 
 
 def train_tokenizer(data: Path, folder: Path, vocab_size: int) -> dict[str, Any]:
-    from recipe.tokenizer import save_tokenizer, train_bpe_tokenizer
+    from recipe.tokenizer import train_bpe_tokenizer
 
     text = (data / "train.txt").read_text(encoding="utf-8")
     documents = [d.strip() for d in text.split(SEPARATOR) if d.strip()]
     started = time.perf_counter()
     tokenizer = train_bpe_tokenizer(iter(documents), vocab_size, len(documents))
     seconds = time.perf_counter() - started
-    save_tokenizer(tokenizer, folder)
+    tokenizer.save_pretrained(str(folder))
     return {
         "tokenizer_seconds": round(seconds, 2),
         "tokenizer_documents": len(documents),

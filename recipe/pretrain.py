@@ -17,7 +17,7 @@ from transformers.trainer_callback import ProgressCallback
 from model_card import write_model_card
 from recipe.callbacks import ThroughputCallback, TokensPerSecondProgressCallback, TrainingBudgetCallback
 from recipe.checkpoints import CheckpointCompleteCallback, prepare_output_dir, resolve_resume_checkpoint
-from recipe.config import DataArguments, ModelArguments, PretrainingArguments, RecipeConfigError
+from recipe.config import DataArguments, ModelArguments, PretrainingArguments
 from recipe.data import PreparedData, collate_packed_rows, prepare_data
 from recipe.evaluation.evaluate_model import evaluate_after_training
 from recipe.finetune import (
@@ -95,13 +95,7 @@ def build_pretraining_model(
 ) -> PreTrainedModel:
     if model_args.init_from:
         return load_finetuning_model(model_args, data_args.block_size, tokenizer)
-    config = build_model_config(model_args, tokenizer)
-    if data_args.block_size > config.max_position_embeddings:
-        raise RecipeConfigError(
-            f"block_size ({data_args.block_size}) exceeds the model's max_position_embeddings "
-            f"({config.max_position_embeddings}). Lower block_size or raise max_position_embeddings."
-        )
-    return build_model(config)
+    return build_model(build_model_config(model_args, tokenizer))  # block_size was checked by check_recipe
 
 
 def build_trainer(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -105,7 +104,3 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
         content = repr(sorted(tokenizer.get_vocab().items()))
     content += f"|{tokenizer.bos_token_id}|{tokenizer.eos_token_id}"
     return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
-
-
-def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
-    tokenizer.save_pretrained(str(folder))
