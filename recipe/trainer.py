@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer, TrainerState
 
 from model_card import write_model_card
+from recipe.cpu_allocator import keep_freed_memory_in_process
 from recipe.fast_loss import use_chunked_loss
 from recipe.regional_compile import compile_decoder_layers
 
@@ -39,12 +40,14 @@ class PretrainTrainer(Trainer):
         self._use_fast_path()
 
     def _use_fast_path(self) -> None:
-        """`loss_implementation: chunked` and `compile_decoder` (PretrainingArguments) applied to the model."""
+        """`loss_implementation: chunked`, `compile_decoder` and `cpu_keep_freed_memory` (PretrainingArguments)."""
         if getattr(self.args, "loss_implementation", "default") == "chunked":
             compile_kernel = bool(getattr(self.args, "compile_decoder", False) or self.args.torch_compile)
             use_chunked_loss(self.model, self.args.loss_chunk_size, compile_kernel=compile_kernel)
         if getattr(self.args, "compile_decoder", False):
             compile_decoder_layers(self.model)
+        if self.args.device.type == "cpu" and getattr(self.args, "cpu_keep_freed_memory", True):
+            keep_freed_memory_in_process()
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         loss = super().training_step(model, inputs, *args, **kwargs)
