@@ -152,6 +152,16 @@ CPU_SETUPS = [
         batch_size=32,
         time_cap=900,
     ),
+    TrainSetup(
+        "recipe-compiled",
+        "recipe + torch_compile (the tiny YAML's setting)",
+        preset="gemma3-tiny",
+        vocab_size=8192,
+        block_size=256,
+        batch_size=32,
+        compile="model",
+        time_cap=900,
+    ),
 ]
 
 COLUMNS = [

@@ -308,6 +308,12 @@ def grad_norm_trend(run: RunEvidence) -> Statement | None:
             f"{late:.2f} in the last third ({ratio:.1f}×, above {GRAD_NORM_RISE_FACTOR:g}×).",
             warning=True,
         )
+    if abs(ratio - 1) < 0.05:
+        return Statement(
+            "stability",
+            f"The grad norm held steady: median {early:.2f} in the first third of the run, {late:.2f} in the last "
+            f"third ({ratio:.2f}×).",
+        )
     direction = "fell" if ratio < 1 else "rose"
     return Statement(
         "stability",

@@ -43,9 +43,11 @@ def _load_hub(data_args: DataArguments) -> DatasetDict | IterableDatasetDict:
             revision=data_args.dataset_revision,
             streaming=data_args.streaming,
         )
-    except (DatasetNotFoundError, FileNotFoundError) as error:
+    except (DatasetNotFoundError, OSError) as error:  # OSError: not found, and no network (ConnectionError)
         raise RecipeConfigError(
-            f"dataset_name `{data_args.dataset_name}` is neither a local path nor a reachable Hub dataset: {error}"
+            f"dataset_name `{data_args.dataset_name}` is neither a local path (no such file or folder under "
+            f"{os.getcwd()}) nor a reachable Hub dataset: {error}. Give a local path as ./name, or check the Hub id "
+            "and the network (HF_HUB_OFFLINE, HF_TOKEN for gated datasets)."
         ) from error
 
 

@@ -75,7 +75,7 @@ def run_pretraining(
         f"{parameters['trainable']:,}",
     )
     logger.info("Data: %s", json.dumps(data.stats))
-    report_run_plan(trainer, model_args, data_args, data)
+    report_run_plan(trainer, model_args, data_args, data, resume_from)
     if training_args.dry_run:
         logger.info("Dry run: configuration, data and model are ready; exiting before the first step.")
         return {}

@@ -32,13 +32,18 @@ _TIMED_PASSES = 3
 
 
 def report_run_plan(
-    trainer: Trainer, model_args: ModelArguments, data_args: DataArguments, data: PreparedData
+    trainer: Trainer,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    data: PreparedData,
+    resume_from: str | None = None,
 ) -> dict[str, Any]:
     """On the main process: build the summary, time the warm-up, print it and write `run_summary.json`."""
     if not trainer.is_world_process_zero():
         return {}
     args: PretrainingArguments = trainer.args
     summary = build_run_summary(trainer.model, data, model_args, data_args, args)
+    summary["schedule"]["resume_step"] = checkpoint_step(resume_from) if resume_from else 0
     if args.estimate_wall_time:
         summary["estimate"] = estimate_wall_time(trainer.model, data, args, summary)
     print(format_run_summary(summary), flush=True)
@@ -102,6 +107,12 @@ def build_run_summary(
     }
 
 
+def checkpoint_step(checkpoint: str) -> int:
+    """The optimizer step a checkpoint was saved at (its `trainer_state.json`)."""
+    state = Path(checkpoint) / "trainer_state.json"
+    return int(json.loads(state.read_text(encoding="utf-8")).get("global_step", 0)) if state.is_file() else 0
+
+
 def tokens_per_optimizer_step(args: PretrainingArguments, block_size: int) -> int:
     """Rows per device x devices x accumulation x block: the tokens one optimizer step learns from."""
     return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps * block_size
@@ -154,6 +165,9 @@ def estimate_wall_time(
         return None
     micro_batch = time_forward_backward(model, train_batch, args.bf16)
     steps = summary["schedule"]["total_steps"]
+    if steps:  # a resumed run only has the steps after its checkpoint left
+        steps = max(steps - summary["schedule"].get("resume_step", 0), 0)
+    compiled = bool(args.torch_compile or getattr(args, "compile_decoder", False))
     step_seconds = micro_batch * args.gradient_accumulation_steps
     evaluation = summary["evaluation"]
     # A forward pass costs about a third of forward+backward: 2 of the 6 FLOPs per weight and token.
@@ -178,8 +192,11 @@ def estimate_wall_time(
         "eval_seconds": round(eval_seconds, 1),
         "total_seconds": round(total, 1) if total is not None else None,
         "steps_within_max_train_minutes": budget_steps,
+        "remaining_steps": steps,
+        "uncompiled_timing": compiled,
         "source": f"median of {_TIMED_PASSES} timed forward+backward passes (after {_WARMUP_PASSES} untimed) "
-        f"on {device.type}; evaluation rows at a third of that",
+        f"on {device.type}; evaluation rows at a third of that"
+        + ("; timed without compilation, so an upper bound for compiled training" if compiled else ""),
     }
 
 
@@ -239,20 +256,27 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     )
     estimate = summary.get("estimate")
     if estimate and estimate["total_seconds"] is not None:
-        total, speed = (
-            format_duration(estimate["total_seconds"]),
-            (f"{estimate['seconds_per_step']:.3g} s/step, {estimate['tokens_per_second']:,.0f} tokens/s"),
-        )
-        train, evaluations = format_duration(estimate["train_seconds"]), format_duration(estimate["eval_seconds"])
-        line = f"Estimate    {total} (train {train}, evaluation {evaluations}; {speed})"
-        budget_steps = estimate["steps_within_max_train_minutes"]
-        if budget_steps is not None and schedule["total_steps"] and budget_steps < schedule["total_steps"]:
-            line = (
-                f"Estimate    {total}: max_train_minutes stops training after about {budget_steps:,} of "
-                f"{schedule['total_steps']:,} steps ({speed}; all steps would take {train} + evaluation {evaluations})"
-            )
-        lines.append(line)
+        lines.append(_estimate_line(estimate, schedule))
     return "\n".join(lines)
+
+
+def _estimate_line(estimate: dict[str, Any], schedule: dict[str, Any]) -> str:
+    total = format_duration(estimate["total_seconds"])
+    speed = f"{estimate['seconds_per_step']:.3g} s/step, {estimate['tokens_per_second']:,.0f} tokens/s"
+    train, evaluations = format_duration(estimate["train_seconds"]), format_duration(estimate["eval_seconds"])
+    steps = estimate.get("remaining_steps") or schedule["total_steps"]
+    resumed = f"{steps:,} steps left after step {schedule['resume_step']:,}; " if schedule.get("resume_step") else ""
+    if estimate.get("uncompiled_timing"):
+        speed += ", timed uncompiled: compiled steps run faster"
+        total = f"at most {total}"
+    budget_steps = estimate["steps_within_max_train_minutes"]
+    if budget_steps is not None and steps and budget_steps < steps:
+        may = "may stop" if estimate.get("uncompiled_timing") else "stops"
+        return (
+            f"Estimate    {resumed}{total}: max_train_minutes {may} training after about {budget_steps:,} of "
+            f"{steps:,} steps ({speed}; all steps would take {train} + evaluation {evaluations})"
+        )
+    return f"Estimate    {resumed}{total} (train {train}, evaluation {evaluations}; {speed})"
 
 
 def write_run_summary(summary: dict[str, Any], output_dir: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from recipe import pretrain
+from recipe import pretrain, validation
 from recipe.config import RecipeConfigError
 from recipe.pretrain import main
 from tests.conftest import tiny_args
@@ -94,9 +94,18 @@ def test_option_error_is_raised_before_data_preparation(case, extra, message, st
     assert not output_dir.exists()
 
 
+def test_cpu_compilation_without_a_cxx_compiler_is_refused_before_data(stories_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain, "prepare_data", _before_data)
+    monkeypatch.setattr(validation.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(RecipeConfigError, match=r"torch_compile on CPU needs a C\+\+ compiler.*--torch_compile false"):
+        main(tiny_args(stories_dir, tmp_path / "out", "--dry_run", "true", "--torch_compile", "true"))
+
+
 # (case, dataset in `bad_data` or None for the good stories, extra options, expected message)
 DATA_ERRORS = [
     ("dataset_path_missing", "missing", [], r"dataset_name `.*no_such_folder` does not exist"),
+    ("bare_name_neither_folder_nor_hub", "bare", [], r"`no_such_stories` is neither a local path .* as ./name"),
     ("not_utf8_txt", "latin1_txt", [], r"latin1.txt is not UTF-8 text .*iconv"),
     ("not_utf8_jsonl", "latin1_jsonl", [], r"latin1.jsonl is not UTF-8 text"),
     ("empty_dataset", "empty_folder", [], r"train.txt hold no documents"),
@@ -125,7 +134,7 @@ DATA_ERRORS = [
 @pytest.mark.parametrize(("case", "dataset", "extra", "message"), DATA_ERRORS, ids=[c[0] for c in DATA_ERRORS])
 def test_data_or_model_error_is_raised_before_training(case, dataset, extra, message, bad_data, stories_dir, tmp_path):
     missing = bad_data["a_file"].parent / "no_such_folder"
-    data = {None: stories_dir, "missing": missing}.get(dataset) or bad_data[dataset]
+    data = {None: stories_dir, "missing": missing, "bare": "no_such_stories"}.get(dataset) or bad_data[dataset]
     output_dir = tmp_path / "out"
     with pytest.raises(RecipeConfigError, match=message):
         main(tiny_args(data, output_dir, "--dry_run", "true", *extra))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +129,13 @@ def test_vocab_and_special_ids_come_from_the_tokenizer():
 def test_unknown_preset_is_rejected():
     with pytest.raises(RecipeConfigError, match="gemma3-270m, gemma3-tiny"):
         build_model_config(ModelArguments(model_preset="gemma3-1b"), _gemma_vocab_tokenizer(100))
+
+
+SHIPPED_RECIPES = sorted((Path(__file__).parents[1] / "recipe" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe_file", SHIPPED_RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_parses(recipe_file, tmp_path):
+    model_args, data_args, training_args = parse_args([str(recipe_file), "--output_dir", str(tmp_path)])
+    assert data_args.block_size >= 2 and training_args.learning_rate > 0
+    assert model_args.model_preset or model_args.init_from

@@ -111,7 +111,7 @@ def test_training_ends_with_an_evaluation_in_the_output_folder(trained_folder):
     assert results["heldout"]["loss"] == pytest.approx(eval_results["eval_loss"])
     assert results["heldout"]["bits_per_byte"] == pytest.approx(eval_results["eval_bits_per_byte"])
     assert results["heldout"]["tokens"] > 0
-    assert results["sampling"]["num_samples"] == 2 and results["sampling"]["max_new_tokens"] == 128
+    assert results["sampling"]["num_samples"] == 2 and results["sampling"]["max_new_tokens"] == 256
     assert len(results["samples"]) == 3 * 2
     assert (trained_folder / "evaluation" / "completions.md").is_file()
 

@@ -218,6 +218,12 @@ def test_settling_grad_norm_is_reported_without_warning():
     assert not statement.warning and "median fell from 1.50" in statement.text
 
 
+def test_flat_grad_norm_is_reported_as_steady():
+    norms = [0.6, 0.61, 0.6, 0.59, 0.6, 0.62, 0.6, 0.61, 0.6]
+    statement = grad_norm_trend(run_of(falling(9), grad_norm=norms))
+    assert not statement.warning and statement.text.startswith("The grad norm held steady: median 0.60")
+
+
 # Learning-rate schedule -------------------------------------------------------------------------------------
 
 

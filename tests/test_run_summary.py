@@ -10,7 +10,14 @@ import pytest
 
 from recipe.data import prepare_data
 from recipe.pretrain import build_pretraining_model, build_trainer, main, parse_args
-from recipe.summary import SUMMARY_FILE, build_run_summary, format_duration
+from recipe.summary import (
+    SUMMARY_FILE,
+    build_run_summary,
+    checkpoint_step,
+    estimate_wall_time,
+    format_duration,
+    format_run_summary,
+)
 from tests.conftest import tiny_args
 
 
@@ -66,3 +73,26 @@ def test_durations_read_as_hours_minutes_and_seconds():
     assert format_duration(42.4) == "42s"
     assert format_duration(125) == "2m05s"
     assert format_duration(3 * 3600 + 7 * 60 + 59) == "3h07m"
+
+
+def test_a_resumed_run_is_estimated_from_the_steps_after_its_checkpoint(stories_dir, tmp_path):
+    model_args, data_args, training_args = parse_args(tiny_args(stories_dir, tmp_path / "resumed"))
+    data = prepare_data(model_args, data_args)
+    trainer = build_trainer(
+        build_pretraining_model(model_args, data_args, data.tokenizer), data, data_args, training_args
+    )
+    checkpoint = tmp_path / "checkpoint-15"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 15}))
+
+    summary = build_run_summary(trainer.model, data, model_args, data_args, training_args)
+    summary["schedule"]["resume_step"] = checkpoint_step(str(checkpoint))
+    summary["estimate"] = estimate_wall_time(trainer.model, data, training_args, summary)
+
+    estimate = summary["estimate"]
+    assert summary["schedule"]["total_steps"] == 20 and estimate["remaining_steps"] == 5
+    assert estimate["train_seconds"] == pytest.approx(5 * estimate["seconds_per_step"], abs=0.051)  # rounded to 0.1 s
+    assert "5 steps left after step 15" in format_run_summary(summary)
+    training_args.torch_compile = True  # timed eagerly: the figure becomes an upper bound
+    summary["estimate"] = estimate_wall_time(trainer.model, data, training_args, summary)
+    assert "at most" in format_run_summary(summary) and summary["estimate"]["uncompiled_timing"]

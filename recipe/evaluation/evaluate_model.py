@@ -27,8 +27,9 @@ COMPLETIONS_FILE = "completions.json"
 COMPLETIONS_MARKDOWN = "completions.md"
 EVALUATION_FOLDER = "evaluation"
 
-# At the end of training: a glance at the model's stories that costs seconds, not minutes.
-END_OF_TRAINING_SAMPLING = SamplingConfig(num_samples=2, max_new_tokens=128)
+# At the end of training: a glance at the model's stories that costs seconds, not minutes; 256 new tokens leave
+# room for a whole TinyStories story (~200 tokens), so whether the model ends its stories shows.
+END_OF_TRAINING_SAMPLING = SamplingConfig(num_samples=2, max_new_tokens=256)
 
 
 def evaluate_model(
