@@ -6,6 +6,7 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,18 @@ def make_story(rng: random.Random) -> str:
     return " ".join(sentences[: rng.randint(4, 7)])
 
 
-def write_stories(folder: Path, n_train: int = 600, n_validation: int = 60, seed: int = 0) -> Path:
+def write_stories(
+    folder: Path,
+    n_train: int = 600,
+    n_validation: int = 60,
+    seed: int = 0,
+    make_document: Callable[[random.Random], str] = make_story,
+) -> Path:
     """A TinyStories-like folder: `train.txt` and `validation.txt` with `<|endoftext|>` separators."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for split, count in (("train", n_train), ("validation", n_validation)):
-        stories = [make_story(rng) for _ in range(count)]
+        stories = [make_document(rng) for _ in range(count)]
         (folder / f"{split}.txt").write_text("".join(f"{s}\n<|endoftext|>\n" for s in stories), encoding="utf-8")
     return folder
 

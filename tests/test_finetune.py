@@ -21,7 +21,7 @@ from recipe.config import ModelArguments, RecipeConfigError
 from recipe.data import collate_packed_rows
 from recipe.finetune import BASE_MODEL_EVAL_FILE, apply_lora, check_finetuning_args
 from recipe.parser import RecipeParser
-from tests.conftest import tiny_args
+from tests.conftest import tiny_args, write_stories
 
 CAPTAINS = ["Captain Zorg", "Admiral Vex", "Pilot Quinn", "Commander Rhea", "Navigator Jax"]
 SHIPS = ["starship Nova", "rocket Comet", "cruiser Orion", "freighter Kestrel"]
@@ -43,15 +43,6 @@ def make_space_log(rng: random.Random) -> str:
         "End of log.",
     ]
     return " ".join(sentences[: rng.randint(4, 7)])
-
-
-def write_space_logs(folder: Path, n_train: int = 600, n_validation: int = 60, seed: int = 1) -> Path:
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, count in (("train", n_train), ("validation", n_validation)):
-        logs = [make_space_log(rng) for _ in range(count)]
-        (folder / f"{split}.txt").write_text("".join(f"{s}\n<|endoftext|>\n" for s in logs), encoding="utf-8")
-    return folder
 
 
 # LoRA tolerates (and on this small base needs) a higher learning rate than full fine-tuning.
@@ -113,7 +104,7 @@ def base_folder(stories_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def space_dir(tmp_path_factory) -> Path:
-    return write_space_logs(tmp_path_factory.mktemp("space"))
+    return write_stories(tmp_path_factory.mktemp("space"), seed=1, make_document=make_space_log)
 
 
 @pytest.fixture(scope="module")
