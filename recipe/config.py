@@ -320,3 +320,8 @@ def bf16_supported() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def uses_compilation(args: TrainingArguments) -> bool:
+    """`torch_compile` or the recipe's `compile_decoder`: the step runs compiled code (plain TrainingArguments too)."""
+    return bool(args.torch_compile or getattr(args, "compile_decoder", False))

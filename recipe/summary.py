@@ -19,7 +19,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer
 
-from recipe.config import DataArguments, ModelArguments, PretrainingArguments
+from recipe.config import DataArguments, ModelArguments, PretrainingArguments, uses_compilation
 from recipe.data import PreparedData, collate_packed_rows
 from recipe.presets import count_parameters
 
@@ -167,7 +167,7 @@ def estimate_wall_time(
     steps = summary["schedule"]["total_steps"]
     if steps:  # a resumed run only has the steps after its checkpoint left
         steps = max(steps - summary["schedule"].get("resume_step", 0), 0)
-    compiled = bool(args.torch_compile or getattr(args, "compile_decoder", False))
+    compiled = uses_compilation(args)
     step_seconds = micro_batch * args.gradient_accumulation_steps
     evaluation = summary["evaluation"]
     # A forward pass costs about a third of forward+backward: 2 of the 6 FLOPs per weight and token.

@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer, TrainerState
 
 from model_card import write_model_card
+from recipe.config import uses_compilation
 from recipe.cpu_allocator import keep_freed_memory_in_process
 from recipe.fast_loss import use_chunked_loss
 from recipe.regional_compile import compile_decoder_layers
@@ -42,7 +43,7 @@ class PretrainTrainer(Trainer):
     def _use_fast_path(self) -> None:
         """`loss_implementation: chunked`, `compile_decoder` and `cpu_keep_freed_memory` (PretrainingArguments)."""
         if getattr(self.args, "loss_implementation", "default") == "chunked":
-            compile_kernel = bool(getattr(self.args, "compile_decoder", False) or self.args.torch_compile)
+            compile_kernel = uses_compilation(self.args)
             use_chunked_loss(self.model, self.args.loss_chunk_size, compile_kernel=compile_kernel)
         if getattr(self.args, "compile_decoder", False):
             compile_decoder_layers(self.model)

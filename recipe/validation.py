@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from recipe.config import DataArguments, ModelArguments, RecipeConfigError
+from recipe.config import DataArguments, ModelArguments, RecipeConfigError, uses_compilation
 from recipe.presets import Gemma3Preset, _parse_overrides, resolve_preset
 from recipe.stability import NONFINITE_ACTIONS
 
@@ -174,8 +174,7 @@ CXX_COMPILERS = ("c++", "g++", "clang++")
 
 def _check_cpu_compiler(training_args: Any) -> None:
     """torch.compile on CPU generates C++: without a compiler it fails at the first step, after data preparation."""
-    compiles = training_args.torch_compile or getattr(training_args, "compile_decoder", False)
-    if not compiles or training_args.device.type != "cpu" or os.environ.get("CXX"):
+    if not uses_compilation(training_args) or training_args.device.type != "cpu" or os.environ.get("CXX"):
         return
     if not any(shutil.which(compiler) for compiler in CXX_COMPILERS):
         raise RecipeConfigError(
