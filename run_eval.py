@@ -6,7 +6,8 @@ optionally an LLM judge; writes results.json, completions.json and completions.m
 Every option is documented by `python run_eval.py --help`; a YAML file of options works as in run_pretrain.py.
 """
 
+from recipe.cli import run_script
 from recipe.evaluation.run_evaluation import main
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "run_eval.py")

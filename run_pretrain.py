@@ -5,7 +5,8 @@
 Every option is documented by `python run_pretrain.py --help`.
 """
 
+from recipe.cli import run_script
 from recipe.pretrain import main
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "run_pretrain.py")

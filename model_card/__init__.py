@@ -7,7 +7,7 @@ from pathlib import Path
 
 from model_card.interpretation import interpret, warmup_steps
 from model_card.plots import write_plots
-from model_card.render import DEFAULT_LANGUAGE, DEFAULT_LICENSE, render_card
+from model_card.render import DEFAULT_LANGUAGE, render_card
 from model_card.run_folder import load_run
 
 __all__ = ["write_model_card"]
@@ -19,14 +19,15 @@ def write_model_card(
     folder: str | Path,
     base_model: str | None = None,
     *,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     language: str | list[str] = DEFAULT_LANGUAGE,
 ) -> Path:
     """Write the plots (`*.png`) and `README.md` into a finished training folder; returns the README path.
 
     Everything comes from the folder itself, so the card can be rebuilt at any time (e.g. after
     `run_eval.py` adds `evaluation/results.json`). `base_model` marks the model as a fine-tune of it; it defaults
-    to the recipe's `init_from`, so a rebuilt card keeps saying what the model was fine-tuned from.
+    to the recipe's `init_from`, so a rebuilt card keeps saying what the model was fine-tuned from. `license`
+    defaults to the recipe's `model_license`, else the terms the model's tokenizer and base weights impose.
     """
     run = load_run(folder)
     base_model = base_model or run.recipe.get("init_from") or (run.adapter or {}).get("base_model_name_or_path")

@@ -15,9 +15,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from model_card.interpretation import Statement, percent, steady_windows, warmup_steps
 from model_card.plots import Plot
 from model_card.run_folder import TrainingRun
+from recipe.data_sources import SAMPLE_HUB_SOURCE, is_embedded_sample
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 DEFAULT_LICENSE = "apache-2.0"
+GEMMA_LICENSE = "gemma"  # the Gemma Terms of Use, for anything built on Google's tokenizer or weights
+GEMMA_SOURCES = "google/gemma"
 DEFAULT_LANGUAGE = "en"
 TASK = "text-generation"
 MAX_SAMPLES_SHOWN = 6
@@ -30,10 +33,10 @@ def render_card(
     statements: list[Statement],
     plots: list[Plot],
     base_model: str | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     language: str | list[str] = DEFAULT_LANGUAGE,
 ) -> ModelCard:
-    data = card_data(run, base_model, license, language)
+    data = card_data(run, base_model, license or card_license(run.recipe, base_model), language)
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_PATH.parent),
         trim_blocks=True,
@@ -50,7 +53,6 @@ def render_card(
 
 def card_data(run: TrainingRun, base_model: str | None, license: str, language: str | list[str]) -> ModelCardData:
     """The YAML header the Hub reads: license, language, datasets, task, tags and the eval results."""
-    dataset_id, _ = dataset_reference(run.recipe.get("dataset_name"))
     base_id = base_model if base_model and is_hub_id(base_model) else None
     relation = "adapter" if run.adapter else "finetune"
     extra: dict[str, Any] = {"base_model": base_id, "base_model_relation": relation} if base_id else {}
@@ -59,7 +61,7 @@ def card_data(run: TrainingRun, base_model: str | None, license: str, language: 
         model_name=model_name(run),
         license=license,
         language=language,
-        datasets=[dataset_id] if dataset_id else None,
+        datasets=hub_datasets(run) or None,
         library_name="peft" if run.adapter else "transformers",
         pipeline_tag=TASK,
         tags=tags + (["peft", "lora"] if run.adapter else []),
@@ -389,11 +391,31 @@ def model_name(run: TrainingRun) -> str:
     return hub_id.split("/")[-1] if hub_id else run.folder.resolve().name
 
 
+def card_license(recipe: dict[str, Any], base_model: str | None) -> str:
+    """The recipe's `model_license`, else the Gemma terms for a model that uses Google's Gemma tokenizer or
+    weights, else apache-2.0 (a model with its own tokenizer and weights)."""
+    if recipe.get("model_license"):
+        return str(recipe["model_license"])
+    sources = (recipe.get("tokenizer_name_or_path"), recipe.get("init_from"), base_model)
+    if any(str(source or "").lower().startswith(GEMMA_SOURCES) for source in sources):
+        return GEMMA_LICENSE
+    return DEFAULT_LICENSE
+
+
+def hub_datasets(run: TrainingRun) -> list[str]:
+    """Every Hub dataset the model was trained or evaluated on, for the card's `datasets` metadata."""
+    names = (run.recipe.get("dataset_name"), heldout_metrics(run).get("dataset"))
+    found = [dataset_reference(name)[0] for name in names]
+    return list(dict.fromkeys(name for name in found if name))
+
+
 def dataset_reference(name: Any) -> tuple[str | None, str]:
     """(Hub dataset id or None for local data, how the card names it)."""
     if not name:
         return None, "an unnamed dataset"
     text = str(name)
+    if is_embedded_sample(text):
+        return SAMPLE_HUB_SOURCE, f"the TinyStories sample shipped with the recipe (a subset of `{SAMPLE_HUB_SOURCE}`)"
     if is_hub_id(text):
         return text, text
     return None, f"local data ({Path(text).name})"

@@ -1,4 +1,4 @@
-"""Training callbacks: throughput/MFU/memory in every log record, and a wall-clock budget."""
+"""Training callbacks: throughput/MFU/memory in every log record, and tokens/s in the progress bar."""
 
 from __future__ import annotations
 
@@ -61,26 +61,6 @@ class ThroughputCallback(TrainerCallback):
         logs["peak_memory_gib"] = round(peak_memory_gib(), 3)
         self._window_seconds = 0.0
         self._window_steps = 0
-
-
-class TrainingBudgetCallback(TrainerCallback):
-    """Stops cleanly after `max_train_minutes`, saving a checkpoint so the run can be evaluated or resumed."""
-
-    def __init__(self, max_minutes: float) -> None:
-        self.max_seconds = max_minutes * 60.0
-        self._started = 0.0
-        self.stopped_early = False
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if time.perf_counter() - self._started >= self.max_seconds:
-            self.stopped_early = True
-            control.should_training_stop = True
-            control.should_save = True
-            logger.warning("max_train_minutes reached at step %d: stopping and saving.", state.global_step)
-        return control
 
 
 def peak_memory_gib() -> float:

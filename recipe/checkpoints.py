@@ -31,22 +31,40 @@ COMPLETE_MARKER = "checkpoint_complete.json"
 RECIPE_FILE = "recipe.yaml"
 AUTO_RESUME = ("auto", "true", "latest")
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+_RNG_RANK = re.compile(r"^rng_state_(\d+)\.pth$")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
 # Options that change neither the model nor the training data: a resumed run may change them.
 _OPERATIONAL_OPTIONS = {"preprocessing_num_workers", "overwrite_cache", "max_eval_samples", "merge_adapter"}
 
 
 class CheckpointCompleteCallback(TrainerCallback):
-    """Marks each checkpoint complete once all processes have written their files to it."""
+    """Marks each checkpoint complete once all processes have written their files to it, then rotates old
+    checkpoints (`save_total_limit`) among the complete ones only."""
 
     def on_save(self, args, state, control, **kwargs):
         PartialState().wait_for_everyone()  # other ranks write their RNG state (and shards) into the folder
         if state.is_world_process_zero:
-            write_complete_marker(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            write_complete_marker(folder, args.world_size)
+            rotate_complete_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
 
 
-def write_complete_marker(folder: Path) -> None:
-    """Flush every file of the checkpoint to disk, then record the files and their sizes atomically."""
+def rotate_complete_checkpoints(output_dir: str | Path, limit: int | None, keep: str | None = None) -> None:
+    """Keep the newest `limit` complete checkpoints (and `keep`, the best one); delete older complete ones.
+    Incomplete folders are never counted as kept, so a crash cannot leave the run with no complete checkpoint."""
+    if not limit or limit <= 0:
+        return
+    complete = [folder for _, folder in list_checkpoints(output_dir) if checkpoint_problem(folder) is None]
+    for folder in complete[limit:]:
+        if keep is not None and folder.resolve() == Path(keep).resolve():
+            continue
+        logger.info("Deleting %s (save_total_limit %d).", folder, limit)
+        shutil.rmtree(folder)
+
+
+def write_complete_marker(folder: Path, world_size: int = 1) -> None:
+    """Flush every file of the checkpoint to disk, then record the files and their sizes (and how many processes
+    wrote it, so every rank's RNG state is required on resume) atomically."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER):
         with open(path, "rb") as handle:
@@ -54,7 +72,7 @@ def write_complete_marker(folder: Path) -> None:
         files[path.relative_to(folder).as_posix()] = path.stat().st_size
     temporary = folder / f".{COMPLETE_MARKER}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump({"files": files}, handle, indent=1)
+        json.dump({"files": files, "world_size": world_size}, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, folder / COMPLETE_MARKER)
@@ -68,10 +86,12 @@ def checkpoint_problem(folder: str | Path) -> str | None:
     if not folder.is_dir():
         return "it is not a folder"
     marker = folder / COMPLETE_MARKER
+    world_size = None
     if marker.exists():
         try:
-            recorded = json.loads(marker.read_text(encoding="utf-8"))["files"]
-        except (OSError, ValueError, KeyError, TypeError):
+            content = json.loads(marker.read_text(encoding="utf-8"))
+            recorded, world_size = content["files"], content.get("world_size")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return f"{COMPLETE_MARKER} is unreadable"
         for name, size in recorded.items():
             path = folder / name
@@ -93,8 +113,9 @@ def checkpoint_problem(folder: str | Path) -> str | None:
         return "optimizer.pt is missing (checkpoints saved with save_only_model cannot resume training)"
     if not (folder / "scheduler.pt").exists():
         return "scheduler.pt is missing"
-    if not any(folder.glob("rng_state*.pth")):
-        return "rng_state.pth is missing"
+    rng_problem = _rng_state_problem(folder, world_size)
+    if rng_problem:
+        return rng_problem
     for path in sorted(folder.iterdir()):
         problem = _file_problem(path)
         if problem:
@@ -193,14 +214,19 @@ def run_identity(parsed: tuple[ModelArguments, DataArguments, Any]) -> dict[str,
 def prepare_output_dir(output_dir: str | Path, resume_from: str | None, overwrite: bool) -> None:
     """Main process, just before training: drop checkpoints that must never be resumed.
 
-    With `overwrite`, all old checkpoints go (a later auto-resume must not pick one); otherwise those whose save
-    was cut short (no completion marker, files missing or truncated), which the new run would write into.
+    With `overwrite`, all old checkpoints go (a later auto-resume must not pick one). Resuming from
+    `checkpoint-K`, every checkpoint after step K goes: it belongs to the abandoned continuation, and the new run
+    will save those steps again. Otherwise those whose save was cut short (no completion marker, files missing or
+    truncated), which the new run would write into.
     """
-    for _, folder in list_checkpoints(output_dir):
+    resumed_step = _checkpoint_step(resume_from) if resume_from is not None else None
+    for step, folder in list_checkpoints(output_dir):
         if resume_from is not None and folder.resolve() == Path(resume_from).resolve():
             continue
         if overwrite:
             logger.warning("overwrite_output_dir: deleting %s of the previous run.", folder)
+        elif resumed_step is not None and step > resumed_step:
+            logger.warning("Deleting %s: the run resumes from step %d, so it is abandoned.", folder, resumed_step)
         elif not (folder / COMPLETE_MARKER).exists() and checkpoint_problem(folder) is not None:
             logger.warning("Deleting %s: its save was cut short.", folder)
         else:
@@ -208,11 +234,31 @@ def prepare_output_dir(output_dir: str | Path, resume_from: str | None, overwrit
         shutil.rmtree(folder)
 
 
+def _checkpoint_step(checkpoint: str) -> int:
+    """The global step a checkpoint was saved at (its trainer_state.json, which checkpoint_problem has read)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state["global_step"])
+
+
 def _default(name: str) -> Any:
     for cls in (ModelArguments, DataArguments):
         for f in fields(cls):
             if f.name == name:
                 return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+    return None
+
+
+def _rng_state_problem(folder: Path, world_size: int | None) -> str | None:
+    """Every process saves its RNG state (`rng_state.pth` alone, else `rng_state_<rank>.pth`); a resume without one
+    of them only warns in the Trainer and silently changes dropout and data order."""
+    ranks = sorted(int(m.group(1)) for p in folder.glob("rng_state_*.pth") if (m := _RNG_RANK.match(p.name)))
+    if world_size is None:  # no marker says how many processes wrote it: the ranks found must be 0..N-1
+        world_size = ranks[-1] + 1 if ranks else 1
+    expected = ["rng_state.pth"] if world_size == 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
+    missing = [name for name in expected if not (folder / name).is_file()]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        return f"{', '.join(missing)} {verb} missing (the checkpoint was saved by {world_size} process(es))"
     return None
 
 

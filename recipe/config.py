@@ -6,7 +6,9 @@ whole recipe. The training dataclass extends `TrainingArguments`, so every Train
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import torch
@@ -96,10 +98,12 @@ class DataArguments:
     """Where the text comes from and how it becomes packed training rows."""
 
     dataset_name: str = field(
-        default="roneneldan/TinyStories",
+        default="tinystories-sample",
         metadata={
-            "help": "Hub dataset id, or a local path: a folder or file of `.txt` (documents split by "
-            "`document_separator`), `.jsonl`/`.json`, `.parquet`, `.csv`, or a `save_to_disk` folder."
+            "help": "`tinystories-sample` (5,000 TinyStories stories shipped with the recipe: trains with no "
+            "download), a Hub dataset id (e.g. `roneneldan/TinyStories`), or a local path: a folder or file of "
+            "`.txt` (documents split by `document_separator`), `.jsonl`/`.json`, `.parquet`, `.csv` (each may be "
+            "compressed as .gz or .xz), or a `save_to_disk` folder."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
@@ -148,13 +152,26 @@ class PretrainingArguments(TrainingArguments):
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate after warmup."})
     lr_scheduler_type: str = field(
         default="cosine_with_min_lr",
-        metadata={"help": "Scheduler name; `cosine_with_min_lr` decays from the peak to `min_lr` after warmup."},
+        metadata={
+            "help": "Scheduler name; `cosine_with_min_lr` decays from the peak to `min_lr` after warmup, "
+            "`warmup_stable_decay` holds the peak and decays at the end (needs `lr_scheduler_kwargs` "
+            "'{\"num_decay_steps\": N}'). Every transformers scheduler works; one whose learning rate would rise "
+            "above its peak, or end at it, is refused."
+        },
     )
     min_lr: float | None = field(
-        default=None, metadata={"help": "Final learning rate of `cosine_with_min_lr` (absolute value)."}
+        default=None,
+        metadata={
+            "help": "Final learning rate (absolute) of `cosine_with_min_lr` or `warmup_stable_decay`; other "
+            "schedulers have no floor and refuse it."
+        },
     )
     min_lr_rate: float | None = field(
-        default=0.1, metadata={"help": "Final learning rate of `cosine_with_min_lr` as a fraction of the peak."}
+        default=None,
+        metadata={
+            "help": "Final learning rate as a fraction of the peak, for `cosine_with_min_lr` (0.1 when neither "
+            "min_lr nor min_lr_rate is set) or `warmup_stable_decay` (0 when unset); other schedulers refuse it."
+        },
     )
     warmup_steps: float = field(
         default=0.05,
@@ -207,6 +224,28 @@ class PretrainingArguments(TrainingArguments):
     prompts_file: str | None = field(
         default=None, metadata={"help": "Prompts for samples, one per line (default: the recipe's story prompts)."}
     )
+    model_license: str | None = field(
+        default=None,
+        metadata={
+            "help": "License in the model card's metadata (a Hub license id). Default: `gemma` when a "
+            "google/gemma-* tokenizer or base model is used (the Gemma terms apply), else `apache-2.0`."
+        },
+    )
+    time_fitted_schedule: bool = field(
+        default=True,
+        metadata={
+            "help": "With max_train_minutes: the schedule advances by the steps done or the share of the budget "
+            "spent, whichever is further, so it ends decayed at the deadline on a slow machine too (warmup stays "
+            "in steps). False: the schedule follows steps only and may be cut off mid-decay."
+        },
+    )
+    torch_compile: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Compile the model with `torch.compile`. Unset: compile on a GPU, and on a CPU where a C++ "
+            "compiler is found (measured faster on both: see the README's Performance section); eager otherwise."
+        },
+    )
     estimate_wall_time: bool = field(
         default=True,
         metadata={
@@ -257,6 +296,8 @@ class PretrainingArguments(TrainingArguments):
             # bf16 autocast on the CPU, and CPU DDP (gloo): without use_cpu each process would train alone
             if self.bf16 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 self.use_cpu = True
+        if self.torch_compile is None:
+            self.torch_compile = torch_compile_default(self)[0]
         if isinstance(self.report_to, str) and "," in self.report_to:  # `--report_to tensorboard,trackio`
             self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
         self._set_min_lr_schedule()
@@ -289,6 +330,10 @@ class PretrainingArguments(TrainingArguments):
             )
 
     def _set_min_lr_schedule(self) -> None:
+        """Parse `lr_scheduler_kwargs` (a JSON string from the command line) and carry `min_lr`/`min_lr_rate` into
+        the kwargs of the scheduler that has a floor; whether the resulting schedule ever rises is checked by
+        `validation.check_schedule_shape` on the real scheduler."""
+        kwargs = parse_scheduler_kwargs(self.lr_scheduler_kwargs)
         if self.min_lr is not None and self.min_lr > self.learning_rate:
             raise RecipeConfigError(
                 f"min_lr ({self.min_lr:g}) must not exceed learning_rate ({self.learning_rate:g}): the schedule "
@@ -296,20 +341,72 @@ class PretrainingArguments(TrainingArguments):
             )
         if self.min_lr_rate is not None and not 0.0 <= self.min_lr_rate <= 1.0:
             raise RecipeConfigError(f"min_lr_rate ({self.min_lr_rate:g}) must lie in [0, 1].")
-        if str(self.lr_scheduler_type) != "cosine_with_min_lr":
-            return
-        kwargs = dict(self.lr_scheduler_kwargs or {}) if not isinstance(self.lr_scheduler_kwargs, str) else {}
-        if self.min_lr is not None:
-            kwargs.pop("min_lr_rate", None)
-            kwargs["min_lr"] = self.min_lr
-        elif "min_lr" not in kwargs and "min_lr_rate" not in kwargs:
-            kwargs["min_lr_rate"] = self.min_lr_rate if self.min_lr_rate is not None else 0.0
-        if "min_lr" in kwargs and kwargs["min_lr"] > self.learning_rate:
+        if self.min_lr is not None and self.min_lr_rate is not None:
+            raise RecipeConfigError("min_lr and min_lr_rate both set the final learning rate: give one of them.")
+        scheduler = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        if scheduler == "cosine_with_min_lr":
+            if self.min_lr is not None:
+                kwargs.pop("min_lr_rate", None)
+                kwargs["min_lr"] = self.min_lr
+            elif self.min_lr_rate is not None:
+                kwargs.pop("min_lr", None)
+                kwargs["min_lr_rate"] = self.min_lr_rate
+            elif "min_lr" not in kwargs and "min_lr_rate" not in kwargs:
+                kwargs["min_lr_rate"] = DEFAULT_MIN_LR_RATE
+        elif scheduler == "warmup_stable_decay":
+            if self.min_lr is not None:
+                kwargs["min_lr_ratio"] = self.min_lr / self.learning_rate
+            elif self.min_lr_rate is not None:
+                kwargs["min_lr_ratio"] = self.min_lr_rate
+        elif self.min_lr is not None or self.min_lr_rate is not None:
+            name = "min_lr" if self.min_lr is not None else "min_lr_rate"
             raise RecipeConfigError(
-                f"lr_scheduler_kwargs.min_lr ({kwargs['min_lr']:g}) must not exceed learning_rate "
-                f"({self.learning_rate:g}): the schedule would rise during training."
+                f"{name} has no effect with lr_scheduler_type `{scheduler}`, which has no floor: use "
+                f"`cosine_with_min_lr` or `warmup_stable_decay`, or drop {name}."
             )
         self.lr_scheduler_kwargs = kwargs
+
+
+DEFAULT_MIN_LR_RATE = 0.1
+
+
+def parse_scheduler_kwargs(value: dict | str | None) -> dict:
+    """`lr_scheduler_kwargs` as a dict: YAML gives a mapping, the command line a JSON string."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise RecipeConfigError(
+            f"lr_scheduler_kwargs `{value}` is not JSON ({error.msg}): write it as '{{\"min_lr_rate\": 0.1}}'."
+        ) from error
+    if not isinstance(parsed, dict):
+        raise RecipeConfigError(
+            f"lr_scheduler_kwargs `{value}` must be a JSON object such as '{{\"num_cycles\": 0.5}}'."
+        )
+    return parsed
+
+
+CXX_COMPILERS = ("c++", "g++", "clang++")
+
+
+def cpu_compiler_found() -> bool:
+    """torch.compile on CPU generates C++ and needs a compiler on PATH (or CXX)."""
+    return bool(os.environ.get("CXX")) or any(shutil.which(compiler) for compiler in CXX_COMPILERS)
+
+
+def torch_compile_default(args: TrainingArguments) -> tuple[bool, str]:
+    """Whether an unset `torch_compile` compiles, and why: compiled training measured faster on GPUs and on both
+    CPU kinds seen here (AMX bf16 and AVX2 fp32), and CPU compilation needs a C++ compiler."""
+    if getattr(args, "compile_decoder", False):
+        return False, "not compiling the whole model (compile_decoder compiles the decoder layers instead)"
+    if torch.cuda.is_available() and not args.use_cpu:
+        return True, "compiling the model (torch_compile unset: a GPU trains faster compiled)"
+    if cpu_compiler_found():
+        return True, "compiling the model (torch_compile unset: a C++ compiler was found; CPU trains faster compiled)"
+    return False, "training eagerly (torch_compile unset: no C++ compiler on PATH, which CPU compilation needs)"
 
 
 def bf16_supported() -> bool:

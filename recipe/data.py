@@ -24,7 +24,7 @@ from recipe.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe_to
 
 logger = logging.getLogger(__name__)
 
-PACKING_VERSION = "1"
+PACKING_VERSION = "2"  # 2: target_bytes (bytes of the predicted tokens) replace doc_bytes
 _MAP_BATCH_DOCUMENTS = 1000
 
 
@@ -131,11 +131,11 @@ def collate_packed_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def bytes_per_target(dataset: Dataset) -> float | None:
     """UTF-8 bytes per predicted token over the split: turns a loss in nats/token into bits per byte."""
-    if not isinstance(dataset, Dataset) or "doc_bytes" not in dataset.column_names:
+    if not isinstance(dataset, Dataset) or "target_bytes" not in dataset.column_names:
         return None
-    columns = dataset.with_format("numpy").select_columns(["doc_bytes", "num_targets"])[:]
+    columns = dataset.with_format("numpy").select_columns(["target_bytes", "num_targets"])[:]
     targets = int(columns["num_targets"].sum())
-    return float(columns["doc_bytes"].sum()) / targets if targets else None
+    return float(columns["target_bytes"].sum()) / targets if targets else None
 
 
 def _limit(raw, data_args: DataArguments):

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import codecs
+import gzip
+import io
+import lzma
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from datasets import (
     Dataset,
     DatasetDict,
+    IterableDataset,
     IterableDatasetDict,
     load_dataset,
     load_from_disk,
@@ -20,19 +25,62 @@ from datasets.exceptions import DatasetNotFoundError
 from recipe.config import DataArguments, RecipeConfigError
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+_COMPRESSION = {".gz": gzip.open, ".xz": lzma.open}
 _SPLIT_ALIASES = {"validation": "validation", "valid": "validation", "val": "validation", "dev": "validation"}
+
+SAMPLE_DATASET = "tinystories-sample"
+SAMPLE_FOLDER = Path(__file__).parent / "sample_data"
+SAMPLE_HUB_SOURCE = "roneneldan/TinyStories"  # what the embedded sample is a subset of
 
 
 def load_documents(data_args: DataArguments) -> DatasetDict | IterableDatasetDict:
     source = data_args.dataset_name
-    raw = _load_local(Path(source).expanduser(), data_args) if _looks_local(source) else _load_hub(data_args)
+    if is_embedded_sample(source):
+        raw = _load_local(SAMPLE_FOLDER, data_args)
+    elif _looks_local(source):
+        raw = _load_local(Path(source).expanduser(), data_args)
+    else:
+        raw = _load_hub(data_args)
     raw = _with_validation_split(raw, data_args)
     _check_text_column(raw, data_args)
     return raw
 
 
+def load_heldout_documents(data_args: DataArguments) -> Dataset | IterableDataset:
+    """The text to evaluate on: the validation split of a dataset, a folder holding only a validation file, or a
+    single file (all of it is held-out text)."""
+    source = data_args.dataset_name
+    if not is_embedded_sample(source) and _looks_local(source):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise RecipeConfigError(f"dataset_name `{source}` does not exist. Give an existing file or folder.")
+        files = [str(path)] if path.is_file() else None
+        if files is None and not _is_saved_dataset(path):
+            files = _local_splits(path, require_train=False).get("validation")
+        if files:
+            heldout = DatasetDict({"validation": _load_files(files, data_args)})
+            _check_text_column(heldout, data_args)
+            return heldout["validation"]
+    return load_documents(data_args)["validation"]
+
+
+def is_embedded_sample(source: str | None) -> bool:
+    """`tinystories-sample` names the sample shipped with the recipe, unless a local path of that name exists."""
+    return source == SAMPLE_DATASET and not os.path.exists(source)
+
+
 def _looks_local(source: str) -> bool:
-    return os.path.exists(source) or source.startswith((".", "/", "~")) or source.endswith(tuple(_BUILDERS))
+    return os.path.exists(source) or source.startswith((".", "/", "~")) or _data_suffix(source) in _BUILDERS
+
+
+def _data_suffix(path: str | Path) -> str:
+    """The file type without its compression: `train.txt.xz` is `.txt`."""
+    path = Path(path)
+    return Path(path.stem).suffix if path.suffix in _COMPRESSION else path.suffix
+
+
+def _open_binary(file: str) -> IO[bytes]:
+    return _COMPRESSION.get(Path(file).suffix, open)(file, "rb")
 
 
 def _load_hub(data_args: DataArguments) -> DatasetDict | IterableDatasetDict:
@@ -65,33 +113,47 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
 
 
-def _local_splits(path: Path) -> dict[str, list[str]]:
+def _local_splits(path: Path, require_train: bool = True) -> dict[str, list[str]]:
     if path.is_file():
         return {"train": [str(path)]}
-    patterns = get_data_patterns(str(path))
+    try:
+        patterns = get_data_patterns(str(path))
+    except FileNotFoundError:  # `datasets` finds no data file at all
+        patterns = {}
     splits: dict[str, list[str]] = {}
     for split, split_patterns in patterns.items():
         files = sorted(
-            str(f) for pattern in split_patterns for f in path.glob(pattern) if f.is_file() and f.suffix in _BUILDERS
+            str(f)
+            for pattern in split_patterns
+            for f in path.glob(pattern)
+            if f.is_file() and _data_suffix(f) in _BUILDERS
         )
         if files:
             splits[_SPLIT_ALIASES.get(split, split)] = files
-    if "train" not in splits:
+    wanted = "train" if require_train else "validation"
+    if wanted not in splits and (require_train or "train" not in splits):
+        kinds = ", ".join(sorted(_BUILDERS))
+        found = ", ".join(f"{split}: {len(files)} file(s)" for split, files in splits.items()) or "none"
         raise RecipeConfigError(
-            f"dataset_name `{path}` holds no data files ({', '.join(sorted(_BUILDERS))}). Put documents in "
-            "`train.txt` (and optionally `validation.txt`), or in `.jsonl`/`.parquet` files."
+            f"dataset_name `{path}` holds no {wanted} data: looked for `{wanted}.*` (or files named after the split) "
+            f"of type {kinds}, optionally compressed (.gz, .xz); found {found}. Put documents in `train.txt` "
+            "(and optionally `validation.txt`), or in `.jsonl`/`.parquet` files."
         )
     return splits
 
 
 def _load_files(files: list[str], data_args: DataArguments) -> Dataset:
-    suffixes = {Path(f).suffix for f in files}
+    suffixes = {_data_suffix(f) for f in files}
     if len(suffixes) > 1:
         raise RecipeConfigError(f"dataset_name mixes file types in one split: {', '.join(sorted(suffixes))}.")
     suffix = suffixes.pop()
+    if suffix not in _BUILDERS:
+        raise RecipeConfigError(
+            f"{', '.join(files)}: unknown file type `{suffix}`. Use one of {', '.join(sorted(_BUILDERS))}."
+        )
     if suffix == ".txt":
         return _load_text_documents(files, data_args.document_separator)
-    if suffix != ".parquet":
+    if suffix != ".parquet" and not any(Path(f).suffix in _COMPRESSION for f in files):
         for file in files:
             _check_utf8(file)
     if all(os.path.getsize(f) == 0 for f in files):
@@ -117,7 +179,7 @@ def _read_text_documents(files: list[str], separator: str, stamps: list) -> Iter
     del stamps  # only part of the cache key: a changed file gets a new cache entry
     for file in files:
         lines: list[str] = []
-        with open(file, encoding="utf-8") as handle:
+        with io.TextIOWrapper(_open_binary(file), encoding="utf-8") as handle:
             for line in handle:
                 if not separator:
                     if line.strip():
@@ -138,7 +200,7 @@ def _read_text_documents(files: list[str], separator: str, stamps: list) -> Iter
 def _check_utf8(file: str) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
-    with open(file, "rb") as handle:
+    with _open_binary(file) as handle:
         while chunk := handle.read(1 << 24):
             try:
                 decoder.decode(chunk)

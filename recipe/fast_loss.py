@@ -33,26 +33,44 @@ ChunkFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def chunk_loss_and_logit_grad(
-    logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, softcap: float | None, with_grad: bool
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    scale: torch.Tensor,
+    softcap: float | None,
+    with_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Summed NLL of one chunk and d(loss * scale)/d(logits), computed in fp32 and returned in the logits' dtype."""
+    """Summed NLL of one chunk and d(loss * scale)/d(logits), computed in fp32 and returned in the matmul dtype.
+
+    Eager, the chunk's fp32 logits are the one vocabulary-wide buffer (two with softcapping): the probabilities,
+    the one-hot subtraction and the scaling are done in place on them. Compiled, inductor fuses the same steps.
+    """
+    logits = hidden @ weight.t()
+    out_dtype = logits.dtype
     z = logits.float()
+    del logits  # a no-op for fp32; frees the low-precision logits otherwise
+    capped = None
     if softcap:
-        capped = torch.tanh(z / softcap)
-        z = capped * softcap
+        capped = torch.div(z, softcap).tanh_()
+        z = torch.mul(capped, softcap, out=z)
     valid = targets != IGNORE_INDEX
     safe_targets = torch.where(valid, targets, 0)
-    log_normalizer = torch.logsumexp(z, dim=-1)
     target_logits = z.gather(1, safe_targets[:, None]).squeeze(1)
+    # logsumexp in place: z becomes exp(z - max), then the softmax
+    row_max = z.amax(dim=-1, keepdim=True)
+    exponentials = z.sub_(row_max).exp_()
+    row_sum = exponentials.sum(dim=-1, keepdim=True)
+    log_normalizer = (row_max + row_sum.log()).squeeze(1)
     loss_sum = torch.where(valid, log_normalizer - target_logits, 0.0).sum()
     if not with_grad:
         return loss_sum, None
-    vocabulary = torch.arange(z.shape[1], device=z.device)
-    probabilities = torch.exp(z - log_normalizer[:, None])
-    grad = (probabilities - (vocabulary[None, :] == safe_targets[:, None]).float()) * (valid.float() * scale)[:, None]
-    if softcap:
-        grad = grad * (1.0 - capped * capped)
-    return loss_sum, grad.to(logits.dtype)
+    grad = exponentials.div_(row_sum)
+    rows = torch.arange(grad.shape[0], device=grad.device)
+    grad.index_put_((rows, safe_targets), torch.tensor(-1.0, device=grad.device), accumulate=True)
+    grad.mul_((valid.float() * scale)[:, None])
+    if capped is not None:
+        grad.mul_(capped.mul_(capped).neg_().add_(1.0))  # d softcap(x)/dx = 1 - tanh^2
+    return loss_sum, grad.to(out_dtype)
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -68,13 +86,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             for start in range(0, h.shape[0], chunk_size):
                 h_chunk = h[start : start + chunk_size]
                 loss_sum, grad_logits = chunk_fn(
-                    h_chunk @ w.t(), targets[start : start + chunk_size], scale, softcap, with_grad
+                    h_chunk, w, targets[start : start + chunk_size], scale, softcap, with_grad
                 )
                 total += loss_sum
                 if grad_hidden is not None:
                     grad_hidden[start : start + chunk_size] = grad_logits @ w
                 if grad_weight is not None:
                     grad_weight += grad_logits.t() @ h_chunk
+                del grad_logits  # before the next chunk's logits exist: one chunk of logits at a time
         ctx.save_for_backward(
             grad_hidden.to(hidden.dtype) if grad_hidden is not None else None,
             grad_weight.to(weight.dtype) if grad_weight is not None else None,

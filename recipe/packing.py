@@ -4,6 +4,12 @@ Each document becomes `[BOS] text [EOS]`; documents are concatenated and cut int
 `position_ids` restart at every document (and at every row), so transformers builds a block-diagonal
 causal mask from them, and the label of each document's first token is ignored: the loss of a packed row
 equals the loss of its documents run alone.
+
+Bits per byte divides the loss by the UTF-8 bytes of exactly the tokens that are predicted: each row carries
+`target_bytes`, the bytes of the text its targets cover (from the tokenizer's offsets; BOS and EOS cover none).
+Text that is never predicted (the first token of a row that starts mid-document, the tail dropped after the
+last full row) is not credited. EOS targets add their loss but no bytes, as the end of a document is part
+of what the model predicts; lm-evaluation-harness's `bits_per_byte` scores no EOS.
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ def pack_documents(
     """Turn a batch of texts into packed rows; the tail shorter than one row is dropped.
 
     Besides the model inputs, each row carries `num_targets` (tokens the loss is computed on) and
-    `doc_bytes` (UTF-8 bytes of the documents that start in it), so bits per byte can be computed exactly.
+    `target_bytes` (UTF-8 bytes of the text those targets cover), so bits per byte can be computed exactly.
     """
     texts = [t for t in texts if t and not t.isspace()]
-    encoded = _encode(tokenizer, texts)
+    encoded, encoded_bytes = _encode(tokenizer, texts)
     lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
     content = np.fromiter(chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum()))
     extra = 2 if add_document_tokens else 0
@@ -48,6 +54,8 @@ def pack_documents(
         is_content[doc_starts] = False
         is_content[doc_ends] = False
     tokens[is_content] = content
+    token_bytes = np.zeros(total, dtype=np.int64)
+    token_bytes[is_content] = np.concatenate(encoded_bytes) if encoded_bytes else np.zeros(0, dtype=np.int64)
 
     num_rows = total // block_size
     kept = num_rows * block_size
@@ -65,24 +73,41 @@ def pack_documents(
         labels[is_doc_start] = IGNORE_INDEX
     shape = (num_rows, block_size)
     labels = labels.reshape(shape)
-    num_targets = (labels[:, 1:] != IGNORE_INDEX).sum(axis=1)
-
-    doc_bytes = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
-    starts_kept = doc_starts < kept
-    row_bytes = np.bincount(doc_starts[starts_kept] // block_size, weights=doc_bytes[starts_kept], minlength=num_rows)[
-        :num_rows
-    ]
+    is_target = labels[:, 1:] != IGNORE_INDEX  # the model predicts labels[:, 1:] from input_ids[:, :-1]
+    num_targets = is_target.sum(axis=1)
+    target_bytes = (token_bytes[:kept].reshape(shape)[:, 1:] * is_target).sum(axis=1)
     return {
         "input_ids": input_ids.reshape(shape),
         "labels": labels,
         "position_ids": position_ids.astype(np.int32).reshape(shape),
         "num_targets": num_targets.astype(np.int32),
-        "doc_bytes": row_bytes.astype(np.int64),
+        "target_bytes": target_bytes.astype(np.int64),
     }
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> tuple[list[list[int]], list[np.ndarray]]:
+    """Token ids of each text, and the UTF-8 bytes of the text each token covers."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # the batch encoder without offsets is the fastest path
-        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in encodings], [covered_bytes(t, e.offsets) for t, e in zip(texts, encodings)]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]  # a slow tokenizer: bytes of each decoded token
+    return ids, [np.array([len(tokenizer.decode([i]).encode("utf-8")) for i in row], dtype=np.int64) for row in ids]
+
+
+def covered_bytes(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """Bytes of `text` credited to each token: from the end of what earlier tokens covered to the end of its own
+    span, so overlapping spans (several byte-level tokens of one character) count once and the counts add up to
+    the text's UTF-8 length."""
+    if not offsets:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.fromiter((end for _, end in offsets), dtype=np.int64, count=len(offsets))
+    total = len(text)
+    if not text.isascii():  # character offsets to byte offsets
+        raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        byte_of_char = np.append(np.flatnonzero((raw & 0xC0) != 0x80), raw.size)
+        ends, total = byte_of_char[ends], raw.size
+    covered = np.maximum.accumulate(ends)
+    counts = np.diff(covered, prepend=0)
+    counts[-1] += total - covered[-1]
+    return counts

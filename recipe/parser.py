@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import enum
+import re
 import sys
 import types
 import typing
@@ -16,9 +18,17 @@ from transformers import HfArgumentParser
 
 from recipe.config import RecipeConfigError
 
+_BARE_PERCENT = re.compile(r"%(?!\()")
+
 
 class RecipeParser(HfArgumentParser):
     """`HfArgumentParser` that reads a YAML recipe, rejects unknown keys, and applies CLI overrides on top."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for action in self._actions:  # argparse formats help with `%`: a literal "20%" would crash --help
+            if action.help and action.help is not argparse.SUPPRESS:
+                action.help = _BARE_PERCENT.sub("%%", action.help)
 
     def parse_recipe(self, args: list[str] | None = None) -> tuple[Any, ...]:
         args = list(sys.argv[1:] if args is None else args)
@@ -26,11 +36,22 @@ class RecipeParser(HfArgumentParser):
         recipe = load_recipe_file(yaml_path) if yaml_path else {}
         self._check_recipe_keys(recipe, yaml_path)
         self.set_defaults(**recipe)
-        parsed = self.parse_args_into_dataclasses(args=args)
+        *parsed, unused = self.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+        if unused:
+            raise RecipeConfigError(self._unknown_arguments_message(unused))
         explicit = set(recipe) | _cli_keys(args, self.option_names())
         for obj in parsed:
             object.__setattr__(obj, "_explicit_keys", explicit)
         return parsed
+
+    def _unknown_arguments_message(self, unused: list[str]) -> str:
+        first = next((arg for arg in unused if arg.startswith("-")), unused[0])
+        key = first.lstrip("-").split("=", 1)[0].replace("-", "_")
+        close = difflib.get_close_matches(key, self.option_names(), n=1)
+        hint = f" Did you mean `--{close[0]}`?" if close else ""
+        return (
+            f"Unknown command-line argument(s): {' '.join(unused)}.{hint} Run `{self.prog} --help` for every option."
+        )
 
     def option_names(self) -> dict[str, dataclasses.Field]:
         return {

@@ -15,9 +15,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from model_card import write_model_card
-from recipe.callbacks import ThroughputCallback, TokensPerSecondProgressCallback, TrainingBudgetCallback
+from recipe.callbacks import ThroughputCallback, TokensPerSecondProgressCallback
 from recipe.checkpoints import CheckpointCompleteCallback, prepare_output_dir, resolve_resume_checkpoint
-from recipe.config import DataArguments, ModelArguments, PretrainingArguments
+from recipe.config import DataArguments, ModelArguments, PretrainingArguments, torch_compile_default
 from recipe.data import PreparedData, collate_packed_rows, prepare_data
 from recipe.evaluation.evaluate_model import evaluate_after_training
 from recipe.finetune import (
@@ -33,6 +33,7 @@ from recipe.presets import build_model, build_model_config, count_parameters
 from recipe.sampling import SampleGenerationCallback
 from recipe.stability import NonFiniteGuard
 from recipe.summary import report_run_plan
+from recipe.time_budget import TrainingBudgetCallback
 from recipe.tokenizer import load_tokenizer
 from recipe.trainer import PretrainTrainer
 from recipe.validation import check_recipe, check_schedule_fits_data, check_vocab_fits
@@ -52,6 +53,8 @@ def run_pretraining(
 ) -> dict[str, Any]:
     """Train and save; returns the final train and eval metrics."""
     _setup_logging(training_args)
+    if "torch_compile" not in getattr(training_args, "_explicit_keys", ()):
+        logger.info("torch_compile: %s.", torch_compile_default(training_args)[1])
     set_seed(training_args.seed)
     check_finetuning_args(model_args)
     check_recipe(model_args, data_args, training_args)
@@ -65,7 +68,7 @@ def run_pretraining(
     check_schedule_fits_data(data.stats.get("train_rows", 0), training_args)
     model = build_pretraining_model(model_args, data_args, data.tokenizer)
     check_vocab_fits(model, data.tokenizer)
-    trainer = build_trainer(model, data, data_args, training_args)
+    trainer = build_trainer(model, data, data_args, training_args, resume_from)
     parameters = count_parameters(model)
     logger.info(
         "Model: %s, %s parameters (%s without embeddings), %s trainable",
@@ -99,7 +102,11 @@ def build_pretraining_model(
 
 
 def build_trainer(
-    model: PreTrainedModel, data: PreparedData, data_args: DataArguments, training_args: PretrainingArguments
+    model: PreTrainedModel,
+    data: PreparedData,
+    data_args: DataArguments,
+    training_args: PretrainingArguments,
+    resume_from: str | None = None,
 ) -> PretrainTrainer:
     tokens_per_step = (
         training_args.per_device_train_batch_size
@@ -110,10 +117,10 @@ def build_trainer(
     callbacks = [
         ThroughputCallback.for_model(model.config, data_args.block_size, tokens_per_step),
         NonFiniteGuard(training_args.nonfinite_loss_action),
-        CheckpointCompleteCallback(),
     ]
-    if training_args.max_train_minutes:
-        callbacks.append(TrainingBudgetCallback(training_args.max_train_minutes))
+    if training_args.max_train_minutes:  # before the marker: its on_save writes into the checkpoint
+        callbacks.append(TrainingBudgetCallback(training_args.max_train_minutes, resume_from))
+    callbacks.append(CheckpointCompleteCallback())
     trainer = PretrainTrainer(
         model=model,
         args=training_args,

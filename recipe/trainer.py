@@ -8,12 +8,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import Trainer, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from model_card import write_model_card
+from recipe.checkpoints import COMPLETE_MARKER
 from recipe.config import uses_compilation
 from recipe.cpu_allocator import keep_freed_memory_in_process
 from recipe.fast_loss import use_chunked_loss
 from recipe.regional_compile import compile_decoder_layers
+from recipe.time_budget import TrainingBudgetCallback, fit_schedule_to_budget
 
 LN2 = math.log(2.0)
 
@@ -49,6 +52,38 @@ class PretrainTrainer(Trainer):
             compile_decoder_layers(self.model)
         if self.args.device.type == "cpu" and getattr(self.args, "cpu_keep_freed_memory", True):
             keep_freed_memory_in_process()
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The configured schedule; with `max_train_minutes` and `time_fitted_schedule`, on the budget's clock."""
+        created = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        budget = next((c for c in self.callback_handler.callbacks if isinstance(c, TrainingBudgetCallback)), None)
+        if created and budget is not None and getattr(self.args, "time_fitted_schedule", False):
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            fit_schedule_to_budget(scheduler, budget, num_training_steps, warmup)
+        return scheduler
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kwargs):
+        """The model's loss without a KV cache: with one, transformers drops the document mask that
+        `position_ids` give packed rows, and documents would attend to each other."""
+        loss, outputs = super().compute_loss(model, {**inputs, "use_cache": False}, return_outputs=True, **kwargs)
+        if getattr(outputs, "past_key_values", None) is not None:
+            raise RuntimeError("A training or evaluation forward pass built a KV cache: packed documents would leak.")
+        return (loss, outputs) if return_outputs else loss
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """The Trainer's save, made safe against crashes: a stale completeness marker in the target folder is
+        removed first, and old checkpoints are rotated only after the new one is marked complete
+        (`CheckpointCompleteCallback.on_save`), never before."""
+        folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.is_world_process_zero():
+            (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # the Trainer's own rotation runs inside the save, before the marker
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         loss = super().training_step(model, inputs, *args, **kwargs)

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import get_token
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from recipe.config import DataArguments, ModelArguments, RecipeConfigError, uses_compilation
+from recipe.config import DataArguments, ModelArguments, RecipeConfigError, cpu_compiler_found, uses_compilation
 from recipe.presets import Gemma3Preset, _parse_overrides, resolve_preset
 from recipe.stability import NONFINITE_ACTIONS
 
@@ -40,7 +40,7 @@ def check_recipe(model_args: ModelArguments, data_args: DataArguments, training_
     _check_schedule(training_args)
     if not model_args.init_from:
         _check_architecture(model_args, data_args)
-    _check_attention(model_args)
+    _check_attention(model_args, data_args, training_args)
     if training_args.nonfinite_loss_action not in NONFINITE_ACTIONS:
         raise RecipeConfigError(
             f"nonfinite_loss_action `{training_args.nonfinite_loss_action}` is unknown: use `stop` (raise at the "
@@ -70,6 +70,65 @@ def check_schedule_fits_data(train_rows: int, training_args: Any) -> None:
     _check_warmup(
         training_args, total_steps, f"the run ({total_steps} steps of {training_args.num_train_epochs:g} epochs)"
     )
+    check_schedule_shape(training_args, total_steps)
+
+
+# Schedules meant to hold the learning rate, and the one that restarts by design: exempt from "must decay".
+CONSTANT_SCHEDULES = {"constant", "constant_with_warmup"}
+RESTARTING_SCHEDULES = {"cosine_with_restarts"}
+SCHEDULE_TOLERANCE = 1e-6
+_MAX_SCHEDULE_PROBES = 100_000
+
+
+def check_schedule_shape(training_args: Any, total_steps: int) -> None:
+    """Build the scheduler the Trainer will build (same name, warmup and kwargs) and read its learning rate over
+    the run: it must never exceed `learning_rate`, and after warmup a decaying schedule must never rise again
+    (so it cannot end above where it started)."""
+    scheduler_type = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+    if scheduler_type == "reduce_lr_on_plateau":  # follows the evaluation loss, not the step
+        return
+    kwargs = training_args.lr_scheduler_kwargs or {}
+    peak_lr = training_args.learning_rate
+    warmup = training_args.get_warmup_steps(total_steps)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak_lr)
+    try:
+        scheduler = get_scheduler(
+            scheduler_type,
+            optimizer=optimizer,
+            num_warmup_steps=warmup,
+            num_training_steps=total_steps,
+            scheduler_specific_kwargs=dict(kwargs),
+        )
+    except (TypeError, ValueError) as error:
+        raise RecipeConfigError(
+            f"lr_scheduler_type `{scheduler_type}` with lr_scheduler_kwargs {kwargs} cannot be built: {error}. "
+            "Fix lr_scheduler_kwargs (see transformers.get_scheduler for each scheduler's arguments)."
+        ) from error
+    stride = max(1, total_steps // _MAX_SCHEDULE_PROBES)
+    steps = sorted({*range(0, total_steps, stride), warmup, total_steps})  # total_steps: where the run ends
+    factors = [max(factor(step) for factor in scheduler.lr_lambdas) for step in steps]
+    named = f"lr_scheduler_type `{scheduler_type}` with lr_scheduler_kwargs {kwargs}"
+    peak_step, peak = max(zip(steps, factors), key=lambda pair: pair[1])
+    if peak > 1.0 + SCHEDULE_TOLERANCE:
+        raise RecipeConfigError(
+            f"The learning rate schedule rises to {peak * peak_lr:g} at step {peak_step}, above learning_rate "
+            f"({peak_lr:g}): check min_lr / min_lr_rate and lr_scheduler_kwargs ({named})."
+        )
+    if scheduler_type in CONSTANT_SCHEDULES | RESTARTING_SCHEDULES:
+        return
+    after_warmup = [(step, factor) for step, factor in zip(steps, factors) if step >= warmup]
+    for (_, before), (step, factor) in zip(after_warmup, after_warmup[1:]):
+        if factor > before + SCHEDULE_TOLERANCE:
+            raise RecipeConfigError(
+                f"The learning rate schedule rises again after warmup (to {factor * peak_lr:g} at step {step}; it "
+                f"ends the run at {factors[-1] * peak_lr:g}): {named}. A decaying schedule must not climb back, e.g. "
+                "num_cycles 0.5 is one half cosine; use `cosine_with_restarts` for restarts on purpose."
+            )
+    if factors[-1] >= 1.0 - SCHEDULE_TOLERANCE:
+        raise RecipeConfigError(
+            f"The learning rate schedule does not decay: it ends the run at its peak ({factors[-1] * peak_lr:g}) with "
+            f"{named}. Use `constant_with_warmup` for a constant learning rate."
+        )
 
 
 def check_vocab_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -116,7 +175,9 @@ def _check_schedule(training_args: Any) -> None:
     if not training_args.learning_rate > 0:
         raise RecipeConfigError(f"learning_rate ({training_args.learning_rate:g}) must be positive, e.g. 1e-3.")
     if training_args.max_steps > 0:
-        _check_warmup(training_args, training_args.max_steps, f"the run (max_steps {training_args.max_steps})")
+        run = f"the run (max_steps {training_args.max_steps})"
+        _check_warmup(training_args, training_args.max_steps, run)
+        check_schedule_shape(training_args, training_args.max_steps)
     elif not training_args.num_train_epochs > 0:
         raise RecipeConfigError(
             f"Set max_steps or a positive num_train_epochs (got {training_args.num_train_epochs:g}): the run has "
@@ -161,22 +222,34 @@ def _check_architecture(model_args: ModelArguments, data_args: DataArguments) ->
         )
 
 
-def _check_attention(model_args: ModelArguments) -> None:
+def _check_attention(model_args: ModelArguments, data_args: DataArguments, training_args: Any) -> None:
+    """Every kernel offered must keep packed documents apart (see recipe/packing.py), or be refused here."""
+    kernel = model_args.attn_implementation
     known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
-    if model_args.attn_implementation not in known:
+    if kernel not in known:
+        raise RecipeConfigError(f"attn_implementation `{kernel}` is unknown. Use one of: {', '.join(known)}.")
+    batch = max(training_args.per_device_train_batch_size, training_args.per_device_eval_batch_size)
+    if "flash_attention" in kernel and data_args.document_aware_packing and batch > 1:
         raise RecipeConfigError(
-            f"attn_implementation `{model_args.attn_implementation}` is unknown. Use one of: {', '.join(known)}."
+            f"attn_implementation `{kernel}` with document_aware_packing and more than one row per device "
+            f"(per_device_train_batch_size {training_args.per_device_train_batch_size}, per_device_eval_batch_size "
+            f"{training_args.per_device_eval_batch_size}) lets packed documents attend to each other: transformers "
+            "honours packing under flash attention only for a batch of one row. Set both batch sizes to 1 (raise "
+            "gradient_accumulation_steps or block_size to keep the tokens per step), or use `sdpa`."
         )
-
-
-CXX_COMPILERS = ("c++", "g++", "clang++")
+    if kernel == "flex_attention" and training_args.device.type == "cpu":
+        raise RecipeConfigError(
+            "attn_implementation `flex_attention` on CPU: torch's compiled CPU flex kernel gives wrong attention "
+            "outputs for some sequence lengths, even with a plain causal mask. Use `sdpa` (it keeps packed "
+            "documents apart the same way) or `eager`; flex_attention is for GPUs."
+        )
 
 
 def _check_cpu_compiler(training_args: Any) -> None:
     """torch.compile on CPU generates C++: without a compiler it fails at the first step, after data preparation."""
-    if not uses_compilation(training_args) or training_args.device.type != "cpu" or os.environ.get("CXX"):
+    if not uses_compilation(training_args) or training_args.device.type != "cpu":
         return
-    if not any(shutil.which(compiler) for compiler in CXX_COMPILERS):
+    if not cpu_compiler_found():
         raise RecipeConfigError(
             "torch_compile on CPU needs a C++ compiler (g++ or clang++ on PATH, or CXX set) and none was found. "
             "Install one (e.g. `apt install g++`, `xcode-select --install`), or pass --torch_compile false "

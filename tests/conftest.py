@@ -120,5 +120,7 @@ def tiny_args(data: Path, output_dir: Path, *extra: str) -> list[str]:
         "none",
         "--disable_tqdm",
         "true",
+        "--torch_compile",  # eager: compiling costs more than these seconds-long runs (unset compiles on CPU)
+        "false",
         *extra,
     ]

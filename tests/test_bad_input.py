@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from recipe import pretrain, validation
+from recipe import config, pretrain
 from recipe.config import RecipeConfigError
 from recipe.pretrain import main
 from tests.conftest import tiny_args
@@ -82,6 +82,48 @@ OPTION_ERRORS = [
     ("override_not_json", ["--model_config_overrides", "{hidden_size: 32}"], r"model_config_overrides is not valid"),
     ("report_to_unknown", ["--report_to", "tensorbored"], r"report_to: tensorbored is not supported"),
     ("missing_prompts_file", ["--prompts_file", "no_such_prompts.txt"], r"prompts_file `no_such_prompts.txt`"),
+    (
+        "flash_attention_with_several_rows",
+        ["--attn_implementation", "flash_attention_2"],
+        r"flash_attention_2.*more than one row per device.*attend to each other.*batch sizes to 1",
+    ),
+    ("flex_attention_on_cpu", ["--attn_implementation", "flex_attention"], r"flex_attention` on CPU.*Use `sdpa`"),
+    (
+        "scheduler_kwargs_not_json",
+        ["--lr_scheduler_kwargs", "{min_lr: 1}"],
+        r"lr_scheduler_kwargs `\{min_lr: 1\}` is not",
+    ),
+    (
+        "scheduler_kwargs_min_lr_above_peak",
+        ["--lr_scheduler_kwargs", '{"min_lr": 5e-3}', "--learning_rate", "1e-3"],
+        r"schedule rises to 0.005.* above learning_rate \(0.001\)",
+    ),
+    (
+        "scheduler_kwargs_min_lr_rate_above_one",
+        ["--lr_scheduler_kwargs", '{"min_lr_rate": 3.0}'],
+        r"schedule rises to .* above learning_rate",
+    ),
+    (
+        "cosine_returning_to_its_peak",
+        ["--lr_scheduler_kwargs", '{"num_cycles": 1.0}'],
+        r"rises again after warmup.*num_cycles 0.5",
+    ),
+    (
+        "min_lr_with_a_scheduler_without_floor",
+        ["--lr_scheduler_type", "cosine", "--min_lr", "1e-4"],
+        r"min_lr has no effect with lr_scheduler_type `cosine`",
+    ),
+    (
+        "min_lr_rate_with_linear",
+        ["--lr_scheduler_type", "linear", "--min_lr_rate", "0.1"],
+        r"min_lr_rate has no effect",
+    ),
+    ("min_lr_and_min_lr_rate", ["--min_lr", "1e-4", "--min_lr_rate", "0.1"], r"min_lr and min_lr_rate both set"),
+    (
+        "wsd_without_decay_steps",
+        ["--lr_scheduler_type", "warmup_stable_decay"],
+        r"`warmup_stable_decay` with lr_scheduler_kwargs \{\} cannot be built.*num_decay_steps",
+    ),
 ]
 
 
@@ -96,7 +138,7 @@ def test_option_error_is_raised_before_data_preparation(case, extra, message, st
 
 def test_cpu_compilation_without_a_cxx_compiler_is_refused_before_data(stories_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain, "prepare_data", _before_data)
-    monkeypatch.setattr(validation.shutil, "which", lambda name: None)
+    monkeypatch.setattr(config.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(RecipeConfigError, match=r"torch_compile on CPU needs a C\+\+ compiler.*--torch_compile false"):
         main(tiny_args(stories_dir, tmp_path / "out", "--dry_run", "true", "--torch_compile", "true"))

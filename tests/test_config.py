@@ -12,6 +12,7 @@ from transformers import Gemma3ForCausalLM, PreTrainedTokenizerFast, get_schedul
 from recipe.config import ModelArguments, RecipeConfigError
 from recipe.presets import build_model_config, count_parameters
 from recipe.pretrain import parse_args
+from recipe.time_budget import schedule_step
 
 
 def _write(tmp_path, text: str):
@@ -93,6 +94,58 @@ def test_warmup_then_cosine_to_min_lr(tmp_path):
     midpoint = 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * 0.5))
     assert lrs[55] == pytest.approx(midpoint, rel=1e-6)
     assert scheduler.get_last_lr()[0] == pytest.approx(1e-4)
+
+
+def _final_lr(args, steps: int = 100) -> float:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=args.get_warmup_steps(steps),
+        num_training_steps=steps,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+    return scheduler.get_last_lr()[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "kwargs", "final_lr"),
+    [
+        (["--lr_scheduler_kwargs", '{"min_lr": 5e-4}'], {"min_lr": 5e-4}, 5e-4),
+        (["--lr_scheduler_kwargs", '{"min_lr_rate": 0.5}'], {"min_lr_rate": 0.5}, 5e-4),
+        (["--min_lr", "2e-4"], {"min_lr": 2e-4}, 2e-4),
+        (
+            ["--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"num_cycles": 0.25}'],
+            {"num_cycles": 0.25},
+            5e-4,
+        ),
+        (
+            ["--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"num_decay_steps": 20}'],
+            {"num_decay_steps": 20},
+            0.0,
+        ),
+        (
+            ["--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"num_decay_steps": 20}']
+            + ["--min_lr_rate", "0.2"],
+            {"num_decay_steps": 20, "min_lr_ratio": 0.2},
+            2e-4,
+        ),
+    ],
+)
+def test_scheduler_options_from_the_command_line_reach_the_scheduler(tmp_path, options, kwargs, final_lr):
+    _, _, args = parse_args(["--learning_rate", "1e-3", "--max_steps", "100", "--output_dir", str(tmp_path), *options])
+    assert args.lr_scheduler_kwargs == kwargs
+    assert _final_lr(args) == pytest.approx(final_lr, abs=1e-9)
+
+
+def test_time_fitted_schedule_advances_with_the_budget_spent():
+    assert schedule_step(step=3, spent_fraction=0.9, num_training_steps=100, num_warmup_steps=5) == 3  # warmup
+    assert schedule_step(step=20, spent_fraction=0.5, num_training_steps=100, num_warmup_steps=5) == 50  # slow
+    assert schedule_step(step=80, spent_fraction=0.5, num_training_steps=100, num_warmup_steps=5) == 80  # fast
+    assert schedule_step(step=30, spent_fraction=1.7, num_training_steps=100, num_warmup_steps=5) == 100
 
 
 def _gemma_vocab_tokenizer(size: int) -> PreTrainedTokenizerFast:

@@ -18,17 +18,21 @@ from pathlib import Path
 
 import datasets
 import pytest
+from transformers import TrainerCallback
 
-from recipe import pretrain
+from recipe import checkpoints, pretrain
 from recipe.checkpoints import (
     COMPLETE_MARKER,
     checkpoint_problem,
     latest_complete_checkpoint,
     prepare_output_dir,
     resolve_resume_checkpoint,
+    rotate_complete_checkpoints,
+    write_complete_marker,
 )
 from recipe.config import RecipeConfigError
 from recipe.pretrain import main, parse_args
+from recipe.trainer import PretrainTrainer
 from tests.conftest import tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,10 +246,90 @@ def test_restart_deletes_only_checkpoints_whose_save_was_cut_short(reference_run
     (tmp_path / "checkpoint-20" / COMPLETE_MARKER).unlink()
     (tmp_path / "checkpoint-20" / "scheduler.pt").unlink()  # killed mid-save
     (tmp_path / "checkpoint-15" / "optimizer.pt").unlink()  # saved in full without optimizer: kept, not resumed
-    prepare_output_dir(tmp_path, str(tmp_path / "checkpoint-10"), overwrite=False)
+    prepare_output_dir(tmp_path, None, overwrite=False)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-15"]
     prepare_output_dir(tmp_path, None, overwrite=True)
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_resuming_an_older_checkpoint_deletes_the_abandoned_later_ones(reference_run, tmp_path):
+    """Resume from 10 while 15 and 20 exist: they belong to the continuation being abandoned. Kept, a later `auto`
+    resume would pick 20, and the new run would write steps 15 and 20 into folders holding the old run's files."""
+    for step in (10, 15, 20):
+        shutil.copytree(reference_run / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    prepare_output_dir(tmp_path, str(tmp_path / "checkpoint-10"), overwrite=False)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-10"]
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+
+
+def test_every_rank_rng_state_is_required(reference_run, tmp_path):
+    checkpoint = tmp_path / "checkpoint-10"
+    shutil.copytree(reference_run / "checkpoint-10", checkpoint)
+    assert checkpoint_problem(checkpoint) is None
+    rng = (checkpoint / "rng_state.pth").read_bytes()
+    (checkpoint / "rng_state.pth").unlink()
+    (checkpoint / COMPLETE_MARKER).unlink()  # no marker: the rank files found must be 0..N-1
+    (checkpoint / "rng_state_0.pth").write_bytes(rng)
+    (checkpoint / "rng_state_2.pth").write_bytes(rng)  # a 3-process checkpoint without rank 1's file
+    assert "rng_state_1.pth is missing" in checkpoint_problem(checkpoint)
+    (checkpoint / "rng_state_2.pth").unlink()
+    write_complete_marker(checkpoint, world_size=2)  # the marker says 2 processes wrote it
+    assert "rng_state_1.pth is missing (the checkpoint was saved by 2 process(es))" in checkpoint_problem(checkpoint)
+    (checkpoint / "rng_state_1.pth").write_bytes(rng)
+    write_complete_marker(checkpoint, world_size=2)
+    assert checkpoint_problem(checkpoint) is None
+
+
+def test_rotation_keeps_only_complete_checkpoints_as_the_newest(reference_run, tmp_path):
+    for step in (10, 15, 20):
+        shutil.copytree(reference_run / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    (tmp_path / "checkpoint-20" / "scheduler.pt").unlink()  # the newest save was cut short
+    rotate_complete_checkpoints(tmp_path, limit=1)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-15", "checkpoint-20"]
+    rotate_complete_checkpoints(tmp_path, limit=1, keep=str(tmp_path / "checkpoint-15"))
+    assert (tmp_path / "checkpoint-15").is_dir()
+
+
+def test_old_checkpoints_are_rotated_only_after_the_new_one_is_marked(stories_dir, tmp_path, monkeypatch):
+    """At the moment a new checkpoint is marked complete the previous complete one still exists, and a save
+    starts by removing a stale marker from the folder it writes into."""
+    seen: list[tuple[str, list[str]]] = []
+    stale_marker_during_save: list[bool] = []
+    real_marker = checkpoints.write_complete_marker
+    real_save = PretrainTrainer.save_model
+
+    def marker(folder, world_size=1):
+        seen.append((folder.name, sorted(p.name for p in folder.parent.glob("checkpoint-*"))))
+        real_marker(folder, world_size)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if output_dir and "checkpoint-" in str(output_dir):
+            stale_marker_during_save.append((Path(output_dir) / COMPLETE_MARKER).exists())
+        return real_save(self, output_dir, _internal_call)
+
+    class StaleMarker(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 9:  # as if an abandoned continuation had marked checkpoint-10 already
+                (Path(args.output_dir) / "checkpoint-10").mkdir()
+                (Path(args.output_dir) / "checkpoint-10" / COMPLETE_MARKER).write_text('{"files": {}}')
+
+    real_build_trainer = pretrain.build_trainer
+
+    def build_trainer(*args, **kwargs):
+        trainer = real_build_trainer(*args, **kwargs)
+        trainer.add_callback(StaleMarker())
+        return trainer
+
+    monkeypatch.setattr(checkpoints, "write_complete_marker", marker)
+    monkeypatch.setattr(PretrainTrainer, "save_model", save_model)
+    monkeypatch.setattr(pretrain, "build_trainer", build_trainer)
+    output_dir = tmp_path / "run"
+    main(run_args(stories_dir, output_dir, "--save_total_limit", "1", "--eval_strategy", "no"))
+    assert [name for name, _ in seen] == ["checkpoint-5", "checkpoint-10", "checkpoint-15", "checkpoint-20"]
+    for (name, present), previous in zip(seen[1:], seen):
+        assert previous[0] in present, f"{previous[0]} was deleted before {name} was marked complete"
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-20"]
+    assert stale_marker_during_save == [False] * 4
 
 
 def test_corrupt_checkpoint_given_to_resume_is_refused_before_any_work(stories_dir, reference_run, tmp_path):

@@ -13,17 +13,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from recipe.config import DataArguments, RecipeConfigError
 from recipe.data import bytes_per_target, collate_packed_rows, pack_split
-from recipe.data_sources import load_documents
+from recipe.data_sources import load_heldout_documents
 from recipe.packing import IGNORE_INDEX
 
 LN2 = math.log(2.0)
 
 
 def load_heldout_split(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    """The validation split of `data_args.dataset_name`, tokenized with the model's tokenizer and packed with
-    the training code (document-aware rows of `block_size`), so the numbers match the training evaluation.
-    Only the validation split is packed; the training split is never tokenized here."""
-    validation = load_documents(data_args)["validation"]
+    """The held-out text of `data_args.dataset_name` (its validation split, a folder holding only a validation
+    file, or one file), tokenized with the model's tokenizer and packed with the training code (document-aware
+    rows of `block_size`), so the numbers match the training evaluation. The training split is never tokenized."""
+    validation = load_heldout_documents(data_args)
     if not isinstance(validation, Dataset):
         raise RecipeConfigError(
             f"The validation split of `{data_args.dataset_name}` is streamed; held-out metrics need a regular "

@@ -1,0 +1,96 @@
+"""A wall-clock budget (`max_train_minutes`) and a schedule that ends decayed at its deadline on any machine.
+
+A step-sized schedule (say 2,000 steps for 20 minutes) is right only on the machine it was sized on: a CPU five
+times slower reaches the deadline after 400 steps with the learning rate still near its peak. With
+`time_fitted_schedule` the schedule advances by whichever is further along, the steps done or the share of
+the budget spent, so a slow machine decays by the deadline and a fast one finishes its steps as configured.
+Warmup stays in steps (compilation in the first step must not eat it). The time spent is kept in each
+checkpoint (`time_budget.json`), so a resumed run continues the same schedule and the same budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+BUDGET_FILE = "time_budget.json"
+
+
+class TrainingBudgetCallback(TrainerCallback):
+    """Stops cleanly after `max_train_minutes` of training (counted across resumes), saving a checkpoint so the
+    run can be evaluated or resumed."""
+
+    clock = staticmethod(time.perf_counter)
+
+    def __init__(self, max_minutes: float, resume_from: str | None = None) -> None:
+        self.max_seconds = max_minutes * 60.0
+        self.seconds_before = read_spent_seconds(resume_from)
+        self._started: float | None = None
+        self.stopped_early = False
+
+    def spent_seconds(self) -> float:
+        running = self.clock() - self._started if self._started is not None else 0.0
+        return self.seconds_before + running
+
+    def spent_fraction(self) -> float:
+        return self.spent_seconds() / self.max_seconds
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = self.clock()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.spent_seconds() >= self.max_seconds:
+            self.stopped_early = True
+            control.should_training_stop = True
+            control.should_save = True
+            logger.warning("max_train_minutes reached at step %d: stopping and saving.", state.global_step)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                (folder / BUDGET_FILE).write_text(json.dumps({"spent_seconds": self.spent_seconds()}), "utf-8")
+
+
+def read_spent_seconds(checkpoint: str | None) -> float:
+    if not checkpoint or not (Path(checkpoint) / BUDGET_FILE).is_file():
+        return 0.0
+    return float(json.loads((Path(checkpoint) / BUDGET_FILE).read_text(encoding="utf-8"))["spent_seconds"])
+
+
+def fit_schedule_to_budget(
+    scheduler: LambdaLR, budget: TrainingBudgetCallback, num_training_steps: int, num_warmup_steps: int
+) -> LambdaLR:
+    """Make a step-based `LambdaLR` (every transformers schedule) read its step as `schedule_step`."""
+    scheduler.lr_lambdas = [
+        _on_budget_clock(factor, budget, num_training_steps, num_warmup_steps) for factor in scheduler.lr_lambdas
+    ]
+    return scheduler
+
+
+def schedule_step(step: int, spent_fraction: float, num_training_steps: int, num_warmup_steps: int) -> int:
+    """The step the schedule is at: the real one during warmup, then the further of steps and budget spent."""
+    if step < num_warmup_steps:
+        return step
+    by_time = math.ceil(min(spent_fraction, 1.0) * num_training_steps)
+    return max(step, by_time)
+
+
+def _on_budget_clock(
+    factor: Callable[[int], float], budget: TrainingBudgetCallback, num_training_steps: int, num_warmup_steps: int
+) -> Callable[[int], float]:
+    def clocked(step: int) -> float:
+        return factor(schedule_step(step, budget.spent_fraction(), num_training_steps, num_warmup_steps))
+
+    return clocked
