@@ -17,6 +17,8 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/nvidia-smi.csv" 2>&1
 "$python" -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'accelerate', accelerate.__version__)" 2>&1 | tee "$out/versions.txt"
+# Every attention kernel offered on the GPU keeps packed documents apart (about 20 s):
+"$python" benchmarks/check_packing_kernels.py 2>&1 | tee "$out/packing_kernels.txt"
 "$python" benchmarks/bench_train.py --device cuda --out "$out" --budget "$budget" \
     --setups "${SETUPS:-ours-sdpa-b32,ours-flex-b32,plain-1024,ours-2048,loss-default,loss-chunked,plain-compile-1024,seed-like,ours-b16,chunked-compile-1024,chunked-eager-1024}" \
     2>&1 | tee "$out/bench_train_cuda.log"

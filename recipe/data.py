@@ -11,15 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from datasets import Dataset, IterableDataset
 from datasets import config as datasets_config
 from transformers import PreTrainedTokenizerBase
 
 from recipe.config import DataArguments, ModelArguments, RecipeConfigError
 from recipe.data_sources import load_documents
-from recipe.packing import PACKED_COLUMNS, pack_documents
+from recipe.packing import pack_documents
 from recipe.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -118,15 +116,6 @@ def pack_split(
             "block_size" + (" or a larger validation_split_percentage." if split == "validation" else ".")
         )
     return packed
-
-
-def collate_packed_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack packed rows into int64 tensors; `use_cache=False` keeps documents apart in the mask."""
-    batch: dict[str, Any] = {
-        name: torch.from_numpy(np.asarray([row[name] for row in rows], dtype=np.int64)) for name in PACKED_COLUMNS
-    }
-    batch["use_cache"] = False
-    return batch
 
 
 def bytes_per_target(dataset: Dataset) -> float | None:

@@ -18,6 +18,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
@@ -111,3 +112,12 @@ def covered_bytes(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
     counts = np.diff(covered, prepend=0)
     counts[-1] += total - covered[-1]
     return counts
+
+
+def collate_packed_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack packed rows into int64 tensors; `use_cache=False` keeps documents apart in the mask."""
+    batch: dict[str, Any] = {
+        name: torch.from_numpy(np.asarray([row[name] for row in rows], dtype=np.int64)) for name in PACKED_COLUMNS
+    }
+    batch["use_cache"] = False
+    return batch

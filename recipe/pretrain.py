@@ -18,7 +18,7 @@ from model_card import write_model_card
 from recipe.callbacks import ThroughputCallback, TokensPerSecondProgressCallback
 from recipe.checkpoints import CheckpointCompleteCallback, prepare_output_dir, resolve_resume_checkpoint
 from recipe.config import DataArguments, ModelArguments, PretrainingArguments, torch_compile_default
-from recipe.data import PreparedData, collate_packed_rows, prepare_data
+from recipe.data import PreparedData, prepare_data
 from recipe.evaluation.evaluate_model import evaluate_after_training
 from recipe.finetune import (
     check_finetuning_args,
@@ -28,6 +28,7 @@ from recipe.finetune import (
     save_merged_model,
     without_options_fixed_by_init_from,
 )
+from recipe.packing import collate_packed_rows
 from recipe.parser import RecipeParser, explicit_recipe
 from recipe.presets import build_model, build_model_config, count_parameters
 from recipe.sampling import SampleGenerationCallback

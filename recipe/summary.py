@@ -20,7 +20,8 @@ from datasets import Dataset
 from transformers import PreTrainedModel, Trainer
 
 from recipe.config import DataArguments, ModelArguments, PretrainingArguments, uses_compilation
-from recipe.data import PreparedData, collate_packed_rows
+from recipe.data import PreparedData
+from recipe.packing import collate_packed_rows
 from recipe.presets import count_parameters
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, ViTConfig, pipelin
 
 from recipe import pretrain
 from recipe.config import ModelArguments, RecipeConfigError
-from recipe.data import collate_packed_rows
 from recipe.finetune import BASE_MODEL_EVAL_FILE, apply_lora, check_finetuning_args
+from recipe.packing import collate_packed_rows
 from recipe.parser import RecipeParser
 from tests.conftest import tiny_args, write_stories
 

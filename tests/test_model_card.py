@@ -259,6 +259,40 @@ def test_hub_dataset_is_named_in_the_metadata(folder_copy):
     assert "TinyStories (Eldan & Li, 2023)" in card_section(text, "Limitations")
 
 
+@pytest.mark.parametrize(
+    ("recipe_options", "base_model", "license"),
+    [
+        ({}, None, "apache-2.0"),  # its own tokenizer and weights
+        ({"tokenizer_name_or_path": "google/gemma-3-270m"}, None, "gemma"),
+        ({}, "google/gemma-3-1b-pt", "gemma"),
+        ({"tokenizer_name_or_path": "google/gemma-3-270m", "model_license": "other"}, None, "other"),
+    ],
+)
+def test_card_license_follows_the_tokenizer_and_base_model(folder_copy, recipe_options, base_model, license):
+    recipe_path = folder_copy / "recipe.yaml"
+    recipe = {**yaml.safe_load(recipe_path.read_text()), **recipe_options}
+    recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    write_model_card(folder_copy, base_model=base_model)
+    assert ModelCard.load(folder_copy / "README.md").data.license == license
+
+
+def test_every_hub_source_is_in_the_metadata_and_local_data_in_the_text(folder_copy):
+    recipe_path = folder_copy / "recipe.yaml"
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["dataset_name"] = "tinystories-sample"
+    recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    results_path = folder_copy / "evaluation" / "results.json"
+    results = json.loads(results_path.read_text())
+    results["heldout"]["dataset"] = "my-org/held-out-stories"
+    results_path.write_text(json.dumps(results))
+    text = write_model_card(folder_copy).read_text(encoding="utf-8")
+    assert ModelCard.load(folder_copy / "README.md").data.datasets == [
+        "roneneldan/TinyStories",
+        "my-org/held-out-stories",
+    ]
+    assert "the TinyStories sample shipped with the recipe (a subset of `roneneldan/TinyStories`)" in text
+
+
 def test_push_to_hub_uploads_the_recipe_card_plots_and_evaluation(folder_copy, monkeypatch):
     uploads = []
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from recipe.config import DataArguments, ModelArguments
-from recipe.data import collate_packed_rows, prepare_data
-from recipe.packing import IGNORE_INDEX, pack_documents
+from recipe.data import prepare_data
+from recipe.packing import IGNORE_INDEX, collate_packed_rows, covered_bytes, pack_documents
 from recipe.presets import build_model, build_model_config
 from recipe.tokenizer import train_bpe_tokenizer
 from tests.conftest import make_story, read_stories
@@ -129,3 +129,44 @@ def test_second_preparation_reuses_the_packed_cache(stories_dir, tokenizer):
     assert first.train.cache_files and first.train.cache_files == second.train.cache_files
     assert first.stats == second.stats
     assert 2.0 < first.stats["validation_bytes_per_token"] < 8.0
+
+
+def test_target_bytes_are_the_bytes_of_exactly_the_predicted_tokens(tokenizer):
+    """Rows start mid-document and the tail after the last full row is dropped: only the text of the tokens that
+    are predicted (labels[:, 1:], BOS/EOS covering no text) is credited."""
+    import random
+
+    rng = random.Random(3)
+    texts = [make_story(rng) for _ in range(20)]  # ASCII: every token decodes to its own bytes
+    packed = pack_documents(texts, tokenizer, block_size=40)
+    for ids, labels, credited in zip(packed["input_ids"], packed["labels"], packed["target_bytes"]):
+        predicted = [int(t) for t, label in zip(ids[1:], labels[1:]) if label != IGNORE_INDEX]
+        text = tokenizer.decode(predicted, skip_special_tokens=True)
+        assert credited == len(text.encode("utf-8"))
+    all_text_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    assert packed["target_bytes"].sum() < all_text_bytes, "never-predicted text is not credited"
+
+
+def test_covered_bytes_add_up_to_the_utf8_length_of_any_text(tokenizer):
+    text = "Un café naïve — 😀 fin."
+    encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    counts = covered_bytes(text, encoding.offsets)
+    assert len(counts) == len(encoding.ids)
+    assert counts.sum() == len(text.encode("utf-8"))
+    assert (counts >= 0).all()
+
+
+def test_training_forward_passes_never_build_a_kv_cache(tokenizer, model, tmp_path):
+    """With a cache transformers drops the document mask of packed rows; the trainer forces it off."""
+    from recipe.config import PretrainingArguments
+    from recipe.trainer import PretrainTrainer
+
+    packed = pack_documents([make_story(__import__("random").Random(0)) for _ in range(6)], tokenizer, block_size=48)
+    batch = collate_packed_rows([{k: packed[k][i] for k in packed} for i in range(2)])
+    trainer = PretrainTrainer(
+        model=model, args=PretrainingArguments(output_dir=str(tmp_path), torch_compile=False, eval_strategy="no")
+    )
+    loss, outputs = trainer.compute_loss(model, {**batch, "use_cache": True}, return_outputs=True)
+    assert outputs.past_key_values is None
+    reference = model(**{**batch, "use_cache": False}).loss
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)

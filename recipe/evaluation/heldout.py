@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from recipe.config import DataArguments, RecipeConfigError
-from recipe.data import bytes_per_target, collate_packed_rows, pack_split
+from recipe.data import bytes_per_target, pack_split
 from recipe.data_sources import load_heldout_documents
-from recipe.packing import IGNORE_INDEX
+from recipe.packing import IGNORE_INDEX, collate_packed_rows
 
 LN2 = math.log(2.0)
 
