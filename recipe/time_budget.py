@@ -6,6 +6,10 @@ times slower reaches the deadline after 400 steps with the learning rate still n
 the budget spent, so a slow machine decays by the deadline and a fast one finishes its steps as configured.
 Warmup stays in steps (compilation in the first step must not eat it). The time spent is kept in each
 checkpoint (`time_budget.json`), so a resumed run continues the same schedule and the same budget.
+
+Under DDP every process must take the same learning rate and stop at the same step (a process that stops alone
+leaves the others waiting in a collective forever): the main process's clock is read once per optimizer step,
+before the scheduler steps, and broadcast to the others.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -36,20 +42,29 @@ class TrainingBudgetCallback(TrainerCallback):
         self.max_seconds = max_minutes * 60.0
         self.seconds_before = read_spent_seconds(resume_from)
         self._started: float | None = None
+        self._spent = self.seconds_before  # as of the last optimizer step, the same on every process
         self.stopped_early = False
 
     def spent_seconds(self) -> float:
-        running = self.clock() - self._started if self._started is not None else 0.0
-        return self.seconds_before + running
+        return self._spent
 
     def spent_fraction(self) -> float:
-        return self.spent_seconds() / self.max_seconds
+        return self._spent / self.max_seconds
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._started = self.clock()
 
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        """Before the scheduler steps: read the clock (the main process's, under DDP)."""
+        spent = self.seconds_before + (self.clock() - self._started if self._started is not None else 0.0)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shared = torch.tensor([spent], dtype=torch.float64, device=args.device)
+            dist.broadcast(shared, src=0)
+            spent = float(shared.item())
+        self._spent = spent
+
     def on_step_end(self, args, state, control, **kwargs):
-        if self.spent_seconds() >= self.max_seconds:
+        if self._spent >= self.max_seconds:
             self.stopped_early = True
             control.should_training_stop = True
             control.should_save = True

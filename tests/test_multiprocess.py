@@ -132,3 +132,26 @@ def test_only_the_main_process_writes_the_output_folder(ddp_run):
         assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(
             json.loads((checkpoint / COMPLETE_MARKER).read_text())["files"]
         )
+
+
+def test_time_budget_stops_both_processes_at_the_same_step(stories_dir, tmp_path):
+    """The main process's clock decides for both: a rank that stopped alone would leave the other waiting in a
+    collective until the timeout."""
+    output_dir = tmp_path / "budget"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\n", encoding="utf-8")
+    args = _args(stories_dir, output_dir, 4, prompts)
+    args += ["--max_steps", "100000", "--max_train_minutes", "0.1", "--save_steps", "100000"]
+    args += ["--estimate_wall_time", "false", "--warmup_steps", "2"]
+    command = [str(ACCELERATE), "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml"]
+    command += ["--num_processes", "2", "run_pretrain.py", *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        command, cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    step = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+    assert 2 < step < 100000, "stopped by the budget"
+    checkpoint = output_dir / f"checkpoint-{step}"
+    assert checkpoint_problem(checkpoint) is None
+    assert json.loads((checkpoint / COMPLETE_MARKER).read_text())["world_size"] == 2
