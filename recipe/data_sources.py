@@ -153,7 +153,7 @@ def _load_files(files: list[str], data_args: DataArguments) -> Dataset:
         )
     if suffix == ".txt":
         return _load_text_documents(files, data_args.document_separator)
-    if suffix != ".parquet" and not any(Path(f).suffix in _COMPRESSION for f in files):
+    if suffix != ".parquet":
         for file in files:
             _check_utf8(file)
     if all(os.path.getsize(f) == 0 for f in files):

@@ -93,7 +93,10 @@ def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> tuple[list[
         encodings = backend.encode_batch(texts, add_special_tokens=False)
         return [e.ids for e in encodings], [covered_bytes(t, e.offsets) for t, e in zip(texts, encodings)]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]  # a slow tokenizer: bytes of each decoded token
-    return ids, [np.array([len(tokenizer.decode([i]).encode("utf-8")) for i in row], dtype=np.int64) for row in ids]
+    decode = getattr(tokenizer, "decode", None)
+    if decode is None:  # a bare id mapper (benchmarks): no text, no bytes
+        return ids, [np.zeros(len(row), dtype=np.int64) for row in ids]
+    return ids, [np.array([len(decode([i]).encode("utf-8")) for i in row], dtype=np.int64) for row in ids]
 
 
 def covered_bytes(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:

@@ -97,6 +97,7 @@ def build_run_summary(
             "learning_rate": args.learning_rate,
             "lr_scheduler_type": _plain(args.lr_scheduler_type),
             "max_train_minutes": args.max_train_minutes,
+            "time_fitted_schedule": bool(args.max_train_minutes and getattr(args, "time_fitted_schedule", False)),
         },
         "evaluation": _evaluation_plan(args, data.stats.get("validation_rows"), total_steps),
         "hardware": {
@@ -273,9 +274,14 @@ def _estimate_line(estimate: dict[str, Any], schedule: dict[str, Any]) -> str:
     budget_steps = estimate["steps_within_max_train_minutes"]
     if budget_steps is not None and steps and budget_steps < steps:
         may = "may stop" if estimate.get("uncompiled_timing") else "stops"
+        fitted = (
+            ", with the schedule decayed by then (time_fitted_schedule)"
+            if schedule.get("time_fitted_schedule")
+            else ""
+        )
         return (
             f"Estimate    {resumed}{total}: max_train_minutes {may} training after about {budget_steps:,} of "
-            f"{steps:,} steps ({speed}; all steps would take {train} + evaluation {evaluations})"
+            f"{steps:,} steps{fitted} ({speed}; all steps would take {train} + evaluation {evaluations})"
         )
     return f"Estimate    {resumed}{total} (train {train}, evaluation {evaluations}; {speed})"
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from transformers import Trainer, TrainerState
+from transformers import Trainer, TrainerState, get_scheduler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from model_card import write_model_card
 from recipe.checkpoints import COMPLETE_MARKER
-from recipe.config import uses_compilation
+from recipe.config import scheduler_kwargs_for, uses_compilation
 from recipe.cpu_allocator import keep_freed_memory_in_process
 from recipe.fast_loss import use_chunked_loss
 from recipe.regional_compile import compile_decoder_layers
@@ -56,7 +56,16 @@ class PretrainTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The configured schedule; with `max_train_minutes` and `time_fitted_schedule`, on the budget's clock."""
         created = self.lr_scheduler is None
-        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if created:  # the Trainer's own construction, with `num_decay_steps` given as a share of the run resolved
+            self.lr_scheduler = get_scheduler(
+                self.args.lr_scheduler_type,
+                optimizer=optimizer if optimizer is not None else self.optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=scheduler_kwargs_for(self.args, num_training_steps),
+            )
+            self._created_lr_scheduler = True
+        scheduler = self.lr_scheduler
         budget = next((c for c in self.callback_handler.callbacks if isinstance(c, TrainingBudgetCallback)), None)
         if created and budget is not None and getattr(self.args, "time_fitted_schedule", False):
             warmup = self.args.get_warmup_steps(num_training_steps)
@@ -67,7 +76,8 @@ class PretrainTrainer(Trainer):
         """The model's loss without a KV cache: with one, transformers drops the document mask that
         `position_ids` give packed rows, and documents would attend to each other."""
         loss, outputs = super().compute_loss(model, {**inputs, "use_cache": False}, return_outputs=True, **kwargs)
-        if getattr(outputs, "past_key_values", None) is not None:
+        caches = (outputs.get(name) for name in ("cache", "past_key_values")) if isinstance(outputs, dict) else ()
+        if any(cache is not None for cache in caches):
             raise RuntimeError("A training or evaluation forward pass built a KV cache: packed documents would leak.")
         return (loss, outputs) if return_outputs else loss
 
