@@ -9,6 +9,8 @@ Rows (all on the same tiny preset, the same trained 8192-token BPE, the same dat
                  budget: steps or time spent, whichever leads).
   (d) recipe-steps - the same with `time_fitted_schedule: false`: a schedule in steps only, sized for a fast
                  CPU, which a slower machine cuts off mid-decay at the deadline.
+  (e) recipe-wsd - the recipe with warmup-stable-decay (decay over the last 400 of 2,000 steps), time-fitted:
+                 the peak holds until 80% of the budget, then decays by the deadline.
 
     python benchmarks/quality_budget.py --data ../shared/data/tinystories --minutes 20
     python benchmarks/quality_budget.py --data ../shared/data/tinystories --minutes 20 --rows cd
@@ -81,7 +83,13 @@ ROWS: dict[str, list[str]] = {
         "false",
     ],
 }
-AS_SHIPPED = ("c:", "d:")  # rows that run the YAML's own max_steps, evaluations and budget at 20 minutes
+ROWS["e: the recipe with warmup-stable-decay, decay in the last 20% (time-fitted)"] = [
+    "--lr_scheduler_type",
+    "warmup_stable_decay",
+    "--lr_scheduler_kwargs",
+    '{"num_decay_steps": 400}',
+]
+AS_SHIPPED = ("c:", "d:", "e:")  # rows that run the YAML's own max_steps, evaluations and budget at 20 minutes
 SEED_MIN_LR = 5e-4  # the seed notebook's eta_min, above its peak of 1e-4
 
 

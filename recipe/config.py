@@ -155,7 +155,8 @@ class PretrainingArguments(TrainingArguments):
         metadata={
             "help": "Scheduler name; `cosine_with_min_lr` decays from the peak to `min_lr` after warmup, "
             "`warmup_stable_decay` holds the peak and decays at the end (needs `lr_scheduler_kwargs` "
-            "'{\"num_decay_steps\": N}'). Every transformers scheduler works; one whose learning rate would rise "
+            "'{\"num_decay_steps\": N}', N steps or a share of the run such as 0.2). Every transformers "
+            "scheduler works; one whose learning rate would rise "
             "above its peak, or end at it, is refused."
         },
     )
@@ -352,6 +353,7 @@ class PretrainingArguments(TrainingArguments):
                 kwargs.pop("min_lr", None)
                 kwargs["min_lr_rate"] = self.min_lr_rate
             elif "min_lr" not in kwargs and "min_lr_rate" not in kwargs:
+                self.min_lr_rate = DEFAULT_MIN_LR_RATE  # recorded in recipe.yaml and the card
                 kwargs["min_lr_rate"] = DEFAULT_MIN_LR_RATE
         elif scheduler == "warmup_stable_decay":
             if self.min_lr is not None:
@@ -387,6 +389,16 @@ def parse_scheduler_kwargs(value: dict | str | None) -> dict:
             f"lr_scheduler_kwargs `{value}` must be a JSON object such as '{{\"num_cycles\": 0.5}}'."
         )
     return parsed
+
+
+def scheduler_kwargs_for(args: TrainingArguments, num_training_steps: int) -> dict:
+    """`lr_scheduler_kwargs` for a run of `num_training_steps`: `num_decay_steps` of `warmup_stable_decay` may be
+    a share of the run (0.2: the last 20%), as `warmup_steps` may."""
+    kwargs = dict(args.lr_scheduler_kwargs or {})
+    decay = kwargs.get("num_decay_steps")
+    if isinstance(decay, float) and 0 < decay < 1:
+        kwargs["num_decay_steps"] = max(1, round(decay * num_training_steps))
+    return kwargs
 
 
 CXX_COMPILERS = ("c++", "g++", "clang++")

@@ -19,7 +19,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from recipe.config import DataArguments, ModelArguments, RecipeConfigError, cpu_compiler_found, uses_compilation
+from recipe.config import (
+    DataArguments,
+    ModelArguments,
+    RecipeConfigError,
+    cpu_compiler_found,
+    scheduler_kwargs_for,
+    uses_compilation,
+)
 from recipe.presets import Gemma3Preset, _parse_overrides, resolve_preset
 from recipe.stability import NONFINITE_ACTIONS
 
@@ -87,7 +94,7 @@ def check_schedule_shape(training_args: Any, total_steps: int) -> None:
     scheduler_type = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
     if scheduler_type == "reduce_lr_on_plateau":  # follows the evaluation loss, not the step
         return
-    kwargs = training_args.lr_scheduler_kwargs or {}
+    kwargs = scheduler_kwargs_for(training_args, total_steps)
     peak_lr = training_args.learning_rate
     warmup = training_args.get_warmup_steps(total_steps)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak_lr)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, PreTrainedTokenizerFast, get_scheduler
 
-from recipe.config import ModelArguments, RecipeConfigError
+from recipe.config import ModelArguments, RecipeConfigError, scheduler_kwargs_for
 from recipe.presets import build_model_config, count_parameters
 from recipe.pretrain import parse_args
 from recipe.time_budget import schedule_step
@@ -103,7 +103,7 @@ def _final_lr(args, steps: int = 100) -> float:
         optimizer,
         num_warmup_steps=args.get_warmup_steps(steps),
         num_training_steps=steps,
-        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+        scheduler_specific_kwargs=scheduler_kwargs_for(args, steps),
     )
     for _ in range(steps):
         optimizer.step()
@@ -132,6 +132,12 @@ def _final_lr(args, steps: int = 100) -> float:
             + ["--min_lr_rate", "0.2"],
             {"num_decay_steps": 20, "min_lr_ratio": 0.2},
             2e-4,
+        ),
+        (
+            ["--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"num_decay_steps": 0.2}']
+            + ["--min_lr_rate", "0.1"],
+            {"num_decay_steps": 0.2, "min_lr_ratio": 0.1},
+            1e-4,
         ),
     ],
 )
@@ -192,3 +198,12 @@ def test_every_shipped_recipe_parses(recipe_file, tmp_path):
     model_args, data_args, training_args = parse_args([str(recipe_file), "--output_dir", str(tmp_path)])
     assert data_args.block_size >= 2 and training_args.learning_rate > 0
     assert model_args.model_preset or model_args.init_from
+
+
+def test_wsd_decay_given_as_a_share_of_the_run_decays_over_its_end(tmp_path):
+    _, _, args = parse_args(
+        ["--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"num_decay_steps": 0.2}']
+        + ["--max_steps", "100", "--warmup_steps", "0", "--output_dir", str(tmp_path)]
+    )
+    assert scheduler_kwargs_for(args, 100)["num_decay_steps"] == 20
+    assert scheduler_kwargs_for(args, 2000)["num_decay_steps"] == 400
