@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 
 import torch
-from transformers import TrainingArguments
+from transformers import TrainingArguments, get_scheduler
 
 
 class RecipeConfigError(ValueError):
@@ -344,7 +344,7 @@ class PretrainingArguments(TrainingArguments):
             raise RecipeConfigError(f"min_lr_rate ({self.min_lr_rate:g}) must lie in [0, 1].")
         if self.min_lr is not None and self.min_lr_rate is not None:
             raise RecipeConfigError("min_lr and min_lr_rate both set the final learning rate: give one of them.")
-        scheduler = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        scheduler = scheduler_name(self)
         if scheduler == "cosine_with_min_lr":
             if self.min_lr is not None:
                 kwargs.pop("min_lr_rate", None)
@@ -399,6 +399,25 @@ def scheduler_kwargs_for(args: TrainingArguments, num_training_steps: int) -> di
     if isinstance(decay, float) and 0 < decay < 1:
         kwargs["num_decay_steps"] = max(1, round(decay * num_training_steps))
     return kwargs
+
+
+def scheduler_name(args: TrainingArguments) -> str:
+    """`lr_scheduler_type` as its plain name (TrainingArguments turns it into a `SchedulerType`)."""
+    return str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+
+
+def build_lr_scheduler(
+    args: TrainingArguments, optimizer: torch.optim.Optimizer, num_training_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The schedule a run of `num_training_steps` trains with: the Trainer's construction, with the recipe's
+    `scheduler_kwargs_for`. The trainer and the shape check both build it here, so what is checked is what runs."""
+    return get_scheduler(
+        scheduler_name(args),
+        optimizer=optimizer,
+        num_warmup_steps=args.get_warmup_steps(num_training_steps),
+        num_training_steps=num_training_steps,
+        scheduler_specific_kwargs=scheduler_kwargs_for(args, num_training_steps),
+    )
 
 
 CXX_COMPILERS = ("c++", "g++", "clang++")

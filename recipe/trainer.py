@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from transformers import Trainer, TrainerState, get_scheduler
+from transformers import Trainer, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from model_card import write_model_card
 from recipe.checkpoints import COMPLETE_MARKER
-from recipe.config import scheduler_kwargs_for, uses_compilation
+from recipe.config import build_lr_scheduler, uses_compilation
 from recipe.cpu_allocator import keep_freed_memory_in_process
 from recipe.fast_loss import use_chunked_loss
 from recipe.regional_compile import compile_decoder_layers
@@ -57,13 +57,8 @@ class PretrainTrainer(Trainer):
         """The configured schedule; with `max_train_minutes` and `time_fitted_schedule`, on the budget's clock."""
         created = self.lr_scheduler is None
         if created:  # the Trainer's own construction, with `num_decay_steps` given as a share of the run resolved
-            self.lr_scheduler = get_scheduler(
-                self.args.lr_scheduler_type,
-                optimizer=optimizer if optimizer is not None else self.optimizer,
-                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
-                num_training_steps=num_training_steps,
-                scheduler_specific_kwargs=scheduler_kwargs_for(self.args, num_training_steps),
-            )
+            optimizer = optimizer if optimizer is not None else self.optimizer
+            self.lr_scheduler = build_lr_scheduler(self.args, optimizer, num_training_steps)
             self._created_lr_scheduler = True
         scheduler = self.lr_scheduler
         budget = next((c for c in self.callback_handler.callbacks if isinstance(c, TrainingBudgetCallback)), None)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from huggingface_hub import get_token
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -23,8 +23,10 @@ from recipe.config import (
     DataArguments,
     ModelArguments,
     RecipeConfigError,
+    build_lr_scheduler,
     cpu_compiler_found,
     scheduler_kwargs_for,
+    scheduler_name,
     uses_compilation,
 )
 from recipe.presets import Gemma3Preset, _parse_overrides, resolve_preset
@@ -91,7 +93,7 @@ def check_schedule_shape(training_args: Any, total_steps: int) -> None:
     """Build the scheduler the Trainer will build (same name, warmup and kwargs) and read its learning rate over
     the run: it must never exceed `learning_rate`, and after warmup a decaying schedule must never rise again
     (so it cannot end above where it started)."""
-    scheduler_type = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+    scheduler_type = scheduler_name(training_args)
     if scheduler_type == "reduce_lr_on_plateau":  # follows the evaluation loss, not the step
         return
     kwargs = scheduler_kwargs_for(training_args, total_steps)
@@ -99,13 +101,7 @@ def check_schedule_shape(training_args: Any, total_steps: int) -> None:
     warmup = training_args.get_warmup_steps(total_steps)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak_lr)
     try:
-        scheduler = get_scheduler(
-            scheduler_type,
-            optimizer=optimizer,
-            num_warmup_steps=warmup,
-            num_training_steps=total_steps,
-            scheduler_specific_kwargs=dict(kwargs),
-        )
+        scheduler = build_lr_scheduler(training_args, optimizer, total_steps)
     except (TypeError, ValueError) as error:
         raise RecipeConfigError(
             f"lr_scheduler_type `{scheduler_type}` with lr_scheduler_kwargs {kwargs} cannot be built: {error}. "
