@@ -6,7 +6,7 @@ Every option is documented by `python run_pretrain.py --help`.
 """
 
 from recipe.cli import run_script
-from recipe.pretrain import main
+from recipe.train.lifecycle import main
 
 if __name__ == "__main__":
     run_script(main, "run_pretrain.py")

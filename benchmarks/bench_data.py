@@ -45,8 +45,8 @@ COLUMNS = [
 
 def prepare_once(data: str, tokenizer: str, num_proc: int | None, block_size: int) -> dict[str, Any]:
     """One `prepare_data` call in this process (HF_HOME was set by the caller before any import)."""
-    from recipe.config import DataArguments, ModelArguments
-    from recipe.data import prepare_data
+    from recipe.data.prepare import prepare_data
+    from recipe.options.arguments import DataArguments, ModelArguments
 
     model_args = ModelArguments(tokenizer_name_or_path=tokenizer)
     data_args = DataArguments(dataset_name=data, block_size=block_size, preprocessing_num_workers=num_proc)
@@ -65,7 +65,7 @@ def prepare_once(data: str, tokenizer: str, num_proc: int | None, block_size: in
 
 
 def train_tokenizer(data: Path, folder: Path, vocab_size: int) -> dict[str, Any]:
-    from recipe.tokenizer import train_bpe_tokenizer
+    from recipe.data.tokenizer import train_bpe_tokenizer
 
     text = (data / "train.txt").read_text(encoding="utf-8")
     documents = [d.strip() for d in text.split(SEPARATOR) if d.strip()]

@@ -61,9 +61,9 @@ def _stories(count: int, seed: int = 0) -> list[str]:
 def build(preset: str, device: str):
     import torch
 
-    from recipe.config import ModelArguments
-    from recipe.presets import build_model, build_model_config
-    from recipe.tokenizer import train_bpe_tokenizer
+    from recipe.data.tokenizer import train_bpe_tokenizer
+    from recipe.model.presets import build_model, build_model_config
+    from recipe.options.arguments import ModelArguments
 
     tokenizer = train_bpe_tokenizer(iter(_stories(2000)), 1024)
     torch.manual_seed(0)

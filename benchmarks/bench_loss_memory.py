@@ -41,8 +41,8 @@ def measure(loss: str, tokens: int, vocab: int, hidden: int, chunk: int, softcap
     import torch
     from torch import nn
 
-    from recipe.cpu_allocator import keep_freed_memory_in_process
-    from recipe.fast_loss import chunked_linear_cross_entropy
+    from recipe.model.fast_loss import chunked_linear_cross_entropy
+    from recipe.train.cpu_allocator import keep_freed_memory_in_process
 
     keep_freed_memory_in_process()  # as in training on CPU: freed buffers stay mapped, so the peak is honest
     torch.manual_seed(0)

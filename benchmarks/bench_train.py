@@ -197,7 +197,7 @@ def synthetic_rows(num_rows: int, block_size: int, vocab_size: int, seed: int = 
     """Packed rows of random-token documents (lengths like TinyStories: median ~200 tokens)."""
     import numpy as np
 
-    from recipe.packing import pack_documents
+    from recipe.data.packing import pack_documents
 
     rng = np.random.default_rng(seed)
     needed, texts = num_rows * block_size + block_size, []
@@ -232,8 +232,8 @@ class _Vocabulary:
 
 
 def _model_config(setup: TrainSetup):
-    from recipe.config import ModelArguments
-    from recipe.presets import build_model_config
+    from recipe.model.presets import build_model_config
+    from recipe.options.arguments import ModelArguments
 
     model_args = ModelArguments(model_preset=setup.preset, attn_implementation=setup.attn_implementation)
     return build_model_config(model_args, _Vocabulary(setup.vocab_size))
@@ -242,7 +242,7 @@ def _model_config(setup: TrainSetup):
 def _build_model(setup: TrainSetup, device):
     import torch
 
-    from recipe.presets import build_model
+    from recipe.model.presets import build_model
 
     torch.manual_seed(0)
     with torch.device(device):  # initialise where it trains: seconds instead of a minute for 270M on CPU
@@ -273,7 +273,7 @@ def run_hand_loop(setup: TrainSetup, device, warmup: int, steps: int) -> dict[st
     """The minimal loop: AdamW (fused), bf16 autocast where supported, clip 1.0, cosine LR."""
     import torch
 
-    from recipe.config import bf16_supported
+    from recipe.options.arguments import bf16_supported
 
     model = _build_model(setup, device)
     model.train()
@@ -318,9 +318,9 @@ def run_recipe(setup: TrainSetup, device, warmup: int, steps: int) -> dict[str, 
     import torch
     from transformers import TrainerCallback
 
-    from recipe.callbacks import ThroughputCallback
-    from recipe.config import PretrainingArguments
-    from recipe.trainer import PretrainTrainer
+    from recipe.options.arguments import PretrainingArguments
+    from recipe.train.throughput import ThroughputCallback
+    from recipe.train.trainer import PretrainTrainer
 
     timing: dict[str, float] = {}
 
@@ -361,18 +361,18 @@ def run_recipe(setup: TrainSetup, device, warmup: int, steps: int) -> dict[str, 
     tokens_per_step = setup.batch_size * setup.block_size
     throughput = ThroughputCallback.for_model(model.config, setup.block_size, tokens_per_step)
     try:  # the recipe's own assembly, where `datasets` is installed (the GPU machine has none)
-        from recipe.config import DataArguments
-        from recipe.data import PreparedData
-        from recipe.pretrain import build_trainer
+        from recipe.data.prepare import PreparedData
+        from recipe.options.arguments import DataArguments
+        from recipe.train.lifecycle import build_trainer
 
         data = PreparedData(tokenizer=None, train=rows, validation=None)
         trainer = build_trainer(model, data, DataArguments(block_size=setup.block_size), args)
         trainer.add_callback(StepTimer())
-        assembled_by = "recipe.pretrain.build_trainer"
+        assembled_by = "recipe.train.lifecycle.build_trainer"
     except ImportError:  # the same trainer and per-step callbacks as `build_trainer`, assembled here
         callbacks = [throughput, StepTimer()]
         try:
-            from recipe.stability import NonFiniteGuard  # one device sync per step: part of the recipe's cost
+            from recipe.train.stability import NonFiniteGuard  # one device sync per step: part of the recipe's cost
 
             callbacks.append(NonFiniteGuard(args.nonfinite_loss_action))
         except ImportError:
@@ -413,7 +413,7 @@ def run_loss_only(setup: TrainSetup, device, warmup: int, steps: int) -> dict[st
     import torch
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    from recipe.fast_loss import chunked_linear_cross_entropy, compiled_chunk_function
+    from recipe.model.fast_loss import chunked_linear_cross_entropy, compiled_chunk_function
 
     config = _model_config(setup)
     torch.manual_seed(0)
@@ -461,7 +461,7 @@ def run_loss_only(setup: TrainSetup, device, warmup: int, steps: int) -> dict[st
 def worker_main(setup: TrainSetup, device_name: str, warmup: int, steps: int, peak: float | None) -> dict[str, Any]:
     import torch
 
-    from recipe.flops import training_flops_per_token
+    from recipe.model.flops import training_flops_per_token
 
     device = torch.device(device_name)
     if setup.liger:
@@ -494,7 +494,7 @@ def worker_main(setup: TrainSetup, device_name: str, warmup: int, steps: int, pe
 def measure_peak(device_name: str) -> dict[str, Any]:
     import torch
 
-    from recipe.flops import measure_matmul_flops
+    from recipe.model.flops import measure_matmul_flops
 
     device = torch.device(device_name)
     size = 8192 if device.type == "cuda" else 1024

@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recipe.config import ModelArguments  # noqa: E402
-from recipe.packing import collate_packed_rows, pack_documents  # noqa: E402
-from recipe.presets import build_model, build_model_config  # noqa: E402
-from recipe.tokenizer import train_bpe_tokenizer  # noqa: E402
+from recipe.data.packing import collate_packed_rows, pack_documents  # noqa: E402
+from recipe.data.tokenizer import train_bpe_tokenizer  # noqa: E402
+from recipe.model.presets import build_model, build_model_config  # noqa: E402
+from recipe.options.arguments import ModelArguments  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 

@@ -44,9 +44,9 @@ metric_list:
 
 
 def recipe_bits_per_byte(model_folder: str, data: str, max_documents: int | None) -> dict:
-    from recipe.config import DataArguments
     from recipe.evaluation.heldout import heldout_metrics, load_heldout_split
     from recipe.evaluation.run_evaluation import load_model_and_tokenizer, training_block_size
+    from recipe.options.arguments import DataArguments
 
     model, tokenizer = load_model_and_tokenizer(model_folder)
     data_args = DataArguments(
@@ -60,8 +60,8 @@ def lm_eval_bits_per_byte(model_folder: str, data: str, max_documents: int | Non
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from recipe.config import DataArguments
-    from recipe.data_sources import load_heldout_documents
+    from recipe.data.sources import load_heldout_documents
+    from recipe.options.arguments import DataArguments
 
     documents = load_heldout_documents(DataArguments(dataset_name=data))
     if max_documents is not None:

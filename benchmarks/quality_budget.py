@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from recipe.pretrain import parse_args, run_pretraining  # noqa: E402
+from recipe.train.lifecycle import parse_args, run_pretraining  # noqa: E402
 
 TINY_RECIPE = str(REPO / "recipe" / "configs" / "gemma3-tiny-tinystories.yaml")
 SHIPPED_MINUTES = 20.0  # the YAML's max_train_minutes: at this budget row (c) runs exactly as shipped
@@ -138,7 +138,7 @@ def run_row(name: str, overrides: list[str], data: str, minutes: float, output_r
 @contextlib.contextmanager
 def rising_schedule():
     """Replace the recipe's scheduler by the seed's rising one, for row (a) only."""
-    from recipe.trainer import PretrainTrainer
+    from recipe.train.trainer import PretrainTrainer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from model_card.interpretation import interpret, warmup_steps
 from model_card.plots import write_plots
 from model_card.render import DEFAULT_LANGUAGE, render_card
-from model_card.run_folder import load_run
+from model_card.training_run import load_run
 
 __all__ = ["write_model_card"]
 

@@ -14,8 +14,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from model_card.interpretation import Statement, percent, steady_windows, warmup_steps
 from model_card.plots import Plot
-from model_card.run_folder import TrainingRun
-from recipe.data_sources import SAMPLE_HUB_SOURCE, is_embedded_sample
+from model_card.training_run import TrainingRun
+from recipe.data.sources import SAMPLE_HUB_SOURCE, is_embedded_sample
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 DEFAULT_LICENSE = "apache-2.0"

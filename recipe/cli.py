@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from recipe.config import RecipeConfigError
+from recipe.options.arguments import RecipeConfigError
 
 USAGE_ERROR_EXIT_CODE = 2  # what argparse exits with for a bad option
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from recipe import config, pretrain
-from recipe.config import RecipeConfigError
-from recipe.pretrain import main
+from recipe.options import arguments as config
+from recipe.options.arguments import RecipeConfigError
+from recipe.train import lifecycle as pretrain
+from recipe.train.lifecycle import main
 from tests.conftest import tiny_args
 
 

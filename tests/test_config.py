@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, PreTrainedTokenizerFast, get_scheduler
 
-from recipe.config import ModelArguments, RecipeConfigError, scheduler_kwargs_for
-from recipe.presets import build_model_config, count_parameters
-from recipe.pretrain import parse_args
-from recipe.time_budget import schedule_step
+from recipe.model.presets import build_model_config, count_parameters
+from recipe.options.arguments import ModelArguments, RecipeConfigError, scheduler_kwargs_for
+from recipe.train.lifecycle import parse_args
+from recipe.train.time_budget import schedule_step
 
 
 def _write(tmp_path, text: str):

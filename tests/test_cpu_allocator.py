@@ -2,8 +2,8 @@ import platform
 
 import pytest
 
-from recipe import cpu_allocator
-from recipe.cpu_allocator import keep_freed_memory_in_process
+from recipe.train import cpu_allocator
+from recipe.train.cpu_allocator import keep_freed_memory_in_process
 
 on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-from recipe.config import DataArguments, RecipeConfigError
-from recipe.data import bytes_per_target
+from recipe.data.packing import collate_packed_rows
+from recipe.data.prepare import bytes_per_target
 from recipe.evaluation.generation_metrics import (
     content_words,
     distinct_n,
@@ -24,8 +24,8 @@ from recipe.evaluation.generation_metrics import (
 from recipe.evaluation.heldout import heldout_metrics, load_heldout_split
 from recipe.evaluation.run_evaluation import load_model_and_tokenizer
 from recipe.evaluation.run_evaluation import main as run_eval_main
-from recipe.packing import collate_packed_rows
-from recipe.pretrain import main as pretrain_main
+from recipe.options.arguments import DataArguments, RecipeConfigError
+from recipe.train.lifecycle import main as pretrain_main
 from tests.conftest import tiny_args
 
 RESULT_KEYS = {"model", "date", "heldout", "generation", "samples", "sampling", "judge"}

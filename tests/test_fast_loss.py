@@ -8,11 +8,11 @@ from peft import LoraConfig, get_peft_model
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, set_seed
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from recipe.config import PretrainingArguments, RecipeConfigError
-from recipe.data import prepare_data
-from recipe.fast_loss import chunked_linear_cross_entropy, use_chunked_loss
-from recipe.pretrain import build_pretraining_model, build_trainer, parse_args
-from recipe.regional_compile import compile_decoder_layers
+from recipe.data.prepare import prepare_data
+from recipe.model.fast_loss import chunked_linear_cross_entropy, use_chunked_loss
+from recipe.model.regional_compile import compile_decoder_layers
+from recipe.options.arguments import PretrainingArguments, RecipeConfigError
+from recipe.train.lifecycle import build_pretraining_model, build_trainer, parse_args
 from tests.conftest import tiny_args
 
 VOCAB = 97

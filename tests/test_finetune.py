@@ -16,11 +16,11 @@ from peft import AutoPeftModelForCausalLM, PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, ViTConfig, pipeline
 
-from recipe import pretrain
-from recipe.config import ModelArguments, RecipeConfigError
-from recipe.finetune import BASE_MODEL_EVAL_FILE, apply_lora, check_finetuning_args
-from recipe.packing import collate_packed_rows
-from recipe.parser import RecipeParser
+from recipe.data.packing import collate_packed_rows
+from recipe.model.finetune import BASE_MODEL_EVAL_FILE, apply_lora, check_finetuning_args
+from recipe.options.arguments import ModelArguments, RecipeConfigError
+from recipe.options.parser import RecipeParser
+from recipe.train import lifecycle as pretrain
 from tests.conftest import tiny_args, write_stories
 
 CAPTAINS = ["Captain Zorg", "Admiral Vex", "Pilot Quinn", "Commander Rhea", "Navigator Jax"]
@@ -161,7 +161,7 @@ def test_startup_reports_trainable_and_total_parameters(base_folder, caplog):
     model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
     total = unique_parameter_count(model)
     args = ModelArguments(init_from=str(base_folder), use_peft=True, lora_r=4)
-    with caplog.at_level(logging.INFO, logger="recipe.finetune"):
+    with caplog.at_level(logging.INFO, logger="recipe.model.finetune"):
         peft_model = apply_lora(model, args)
     trainable, all_parameters = peft_model.get_nb_trainable_parameters()
     assert all_parameters == total + trainable

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from transformers import pipeline
 
-from recipe.config import DataArguments, ModelArguments, PretrainingArguments
-from recipe.data_sources import SAMPLE_DATASET, SAMPLE_FOLDER, load_documents
+from recipe.data.sources import SAMPLE_DATASET, SAMPLE_FOLDER, load_documents
 from recipe.evaluation.run_evaluation import EvalArguments
+from recipe.options.arguments import DataArguments, ModelArguments, PretrainingArguments
 from tests.conftest import write_stories
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from recipe.pretrain import main
+from recipe.train.lifecycle import main
 from tests.conftest import tiny_args
 
 

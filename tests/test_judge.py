@@ -9,12 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import huggingface_hub.constants
 import pytest
 
-from recipe.config import ModelArguments, RecipeConfigError
+from recipe.data.tokenizer import train_bpe_tokenizer
 from recipe.evaluation.completions import SamplingConfig
 from recipe.evaluation.evaluate_model import evaluate_model, write_results
 from recipe.evaluation.judge import LLMJudge, parse_scores
-from recipe.presets import build_model, build_model_config
-from recipe.tokenizer import train_bpe_tokenizer
+from recipe.model.presets import build_model, build_model_config
+from recipe.options.arguments import ModelArguments, RecipeConfigError
 from tests.conftest import read_stories
 
 ANSWERS = [

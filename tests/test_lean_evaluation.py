@@ -9,9 +9,9 @@ import pytest
 import torch
 from datasets import concatenate_datasets
 
-from recipe.data import prepare_data
-from recipe.pretrain import build_pretraining_model, build_trainer, main, parse_args
-from recipe.summary import SUMMARY_FILE
+from recipe.data.prepare import prepare_data
+from recipe.train.lifecycle import build_pretraining_model, build_trainer, main, parse_args
+from recipe.train.run_plan import SUMMARY_FILE
 from tests.conftest import tiny_args, write_stories
 
 psutil = pytest.importorskip("psutil")

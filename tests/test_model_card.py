@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from model_card import write_model_card
-from recipe.config import PretrainingArguments
-from recipe.pretrain import main
-from recipe.trainer import PretrainTrainer
+from recipe.options.arguments import PretrainingArguments
+from recipe.train.lifecycle import main
+from recipe.train.trainer import PretrainTrainer
 from tests.conftest import tiny_args
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

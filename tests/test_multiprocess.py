@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from recipe.checkpoints import COMPLETE_MARKER, checkpoint_problem
-from recipe.pretrain import main
+from recipe.train.checkpoints import COMPLETE_MARKER, checkpoint_problem
+from recipe.train.lifecycle import main
 from tests.conftest import tiny_args
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from recipe.config import DataArguments, ModelArguments
-from recipe.data import prepare_data
-from recipe.packing import IGNORE_INDEX, collate_packed_rows, covered_bytes, pack_documents
-from recipe.presets import build_model, build_model_config
-from recipe.tokenizer import train_bpe_tokenizer
+from recipe.data.packing import IGNORE_INDEX, collate_packed_rows, covered_bytes, pack_documents
+from recipe.data.prepare import prepare_data
+from recipe.data.tokenizer import train_bpe_tokenizer
+from recipe.model.presets import build_model, build_model_config
+from recipe.options.arguments import DataArguments, ModelArguments
 from tests.conftest import make_story, read_stories
 
 
@@ -158,8 +158,8 @@ def test_covered_bytes_add_up_to_the_utf8_length_of_any_text(tokenizer):
 
 def test_training_forward_passes_never_build_a_kv_cache(tokenizer, model, tmp_path):
     """With a cache transformers drops the document mask of packed rows; the trainer forces it off."""
-    from recipe.config import PretrainingArguments
-    from recipe.trainer import PretrainTrainer
+    from recipe.options.arguments import PretrainingArguments
+    from recipe.train.trainer import PretrainTrainer
 
     packed = pack_documents([make_story(__import__("random").Random(0)) for _ in range(6)], tokenizer, block_size=48)
     batch = collate_packed_rows([{k: packed[k][i] for k in packed} for i in range(2)])

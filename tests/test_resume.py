@@ -20,8 +20,10 @@ import datasets
 import pytest
 from transformers import TrainerCallback
 
-from recipe import checkpoints, pretrain
-from recipe.checkpoints import (
+from recipe.options.arguments import RecipeConfigError
+from recipe.train import checkpoints
+from recipe.train import lifecycle as pretrain
+from recipe.train.checkpoints import (
     COMPLETE_MARKER,
     checkpoint_problem,
     latest_complete_checkpoint,
@@ -30,9 +32,8 @@ from recipe.checkpoints import (
     rotate_complete_checkpoints,
     write_complete_marker,
 )
-from recipe.config import RecipeConfigError
-from recipe.pretrain import main, parse_args
-from recipe.trainer import PretrainTrainer
+from recipe.train.lifecycle import main, parse_args
+from recipe.train.trainer import PretrainTrainer
 from tests.conftest import tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ SLOW_SAVE_DRIVER = """
 import io, os, sys, time
 sys.path.insert(0, os.getcwd())
 import torch
-from recipe.pretrain import main
+from recipe.train.lifecycle import main
 
 original_save = torch.save
 

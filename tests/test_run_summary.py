@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from recipe.data import prepare_data
-from recipe.pretrain import build_pretraining_model, build_trainer, main, parse_args
-from recipe.summary import (
+from recipe.data.prepare import prepare_data
+from recipe.train.lifecycle import build_pretraining_model, build_trainer, main, parse_args
+from recipe.train.run_plan import (
     SUMMARY_FILE,
     build_run_summary,
     checkpoint_step,

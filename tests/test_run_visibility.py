@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainerCallback
 
-from recipe.config import RecipeConfigError
-from recipe.pretrain import main
-from recipe.sampling import SAMPLES_FILE, load_samples, log_samples_to_trackers
+from recipe.options.arguments import RecipeConfigError
+from recipe.train.lifecycle import main
+from recipe.train.sampling import SAMPLES_FILE, load_samples, log_samples_to_trackers
 from tests.conftest import tiny_args, write_stories
 
 HAS_TRACKIO = importlib.util.find_spec("trackio") is not None
@@ -156,7 +156,7 @@ def test_missing_prompts_file_is_rejected_before_training(stories_dir, tmp_path)
 def test_a_resumed_run_keeps_the_samples_up_to_its_checkpoint(tmp_path):
     from transformers import TrainerControl, TrainerState
 
-    from recipe.sampling import SampleGenerationCallback
+    from recipe.train.sampling import SampleGenerationCallback
 
     (tmp_path / SAMPLES_FILE).write_text(
         "".join(

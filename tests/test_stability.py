@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
 
-from recipe.checkpoints import checkpoint_problem, latest_complete_checkpoint
-from recipe.pretrain import main, parse_args
-from recipe.stability import NonFiniteGuard, NonFiniteLossError
-from recipe.trainer import PretrainTrainer
+from recipe.train.checkpoints import checkpoint_problem, latest_complete_checkpoint
+from recipe.train.lifecycle import main, parse_args
+from recipe.train.stability import NonFiniteGuard, NonFiniteLossError
+from recipe.train.trainer import PretrainTrainer
 from tests.conftest import tiny_args
 
 NAN_AT_STEP = 7

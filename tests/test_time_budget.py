@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from recipe.pretrain import main
-from recipe.time_budget import BUDGET_FILE, TrainingBudgetCallback, read_spent_seconds
+from recipe.train.lifecycle import main
+from recipe.train.time_budget import BUDGET_FILE, TrainingBudgetCallback, read_spent_seconds
 from tests.conftest import tiny_args
 
 SECONDS_PER_STEP = 6.0  # a fake clock: the 1-minute budget ends after 10 of the 1,000 configured steps

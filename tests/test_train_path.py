@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from recipe.pretrain import main
+from recipe.train.lifecycle import main
 from tests.conftest import tiny_args
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from recipe.config import DataArguments, ModelArguments, PretrainingArguments
-from recipe.parser import RecipeParser
+from recipe.options.arguments import DataArguments, ModelArguments, PretrainingArguments
+from recipe.options.parser import RecipeParser
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ["recipe", "model_card", "benchmarks", "accelerate_configs", "run_pretrain.py", "run_eval.py"]

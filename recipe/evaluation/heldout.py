@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from recipe.config import DataArguments, RecipeConfigError
-from recipe.data import bytes_per_target, pack_split
-from recipe.data_sources import load_heldout_documents
-from recipe.packing import IGNORE_INDEX, collate_packed_rows
+from recipe.data.packing import IGNORE_INDEX, collate_packed_rows
+from recipe.data.prepare import bytes_per_target, pack_split
+from recipe.data.sources import load_heldout_documents
+from recipe.options.arguments import DataArguments, RecipeConfigError
 
 LN2 = math.log(2.0)
 

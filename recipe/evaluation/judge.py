@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from huggingface_hub import InferenceClient
 
-from recipe.config import RecipeConfigError
+from recipe.options.arguments import RecipeConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
-from recipe.config import DataArguments, RecipeConfigError, bf16_supported
 from recipe.evaluation.completions import SamplingConfig, load_prompts
 from recipe.evaluation.evaluate_model import EVALUATION_FOLDER, evaluate_model, metrics_table, write_results
 from recipe.evaluation.heldout import load_heldout_split
 from recipe.evaluation.judge import LLMJudge
-from recipe.parser import RecipeParser
+from recipe.options.arguments import DataArguments, RecipeConfigError, bf16_supported
+from recipe.options.parser import RecipeParser
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from datasets import Dataset, IterableDataset
 from datasets import config as datasets_config
 from transformers import PreTrainedTokenizerBase
 
-from recipe.config import DataArguments, ModelArguments, RecipeConfigError
-from recipe.data_sources import load_documents
-from recipe.packing import pack_documents
-from recipe.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe_tokenizer
+from recipe.data.packing import pack_documents
+from recipe.data.sources import load_documents
+from recipe.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe_tokenizer
+from recipe.options.arguments import DataArguments, ModelArguments, RecipeConfigError
 
 logger = logging.getLogger(__name__)
 

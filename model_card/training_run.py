@@ -21,7 +21,7 @@ from model_card.interpretation import RunEvidence
 STATE_FILE = "trainer_state.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-MERGED_FOLDER = "merged"  # base + LoRA adapter folded into plain weights (recipe.finetune)
+MERGED_FOLDER = "merged"  # base + LoRA adapter folded into plain weights (recipe.model.finetune)
 BASE_MODEL_EVAL_FILE = "base_model_eval.json"
 EVALUATION_FILE = Path("evaluation") / "results.json"
 RUN_SUMMARY_FILE = "run_summary.json"

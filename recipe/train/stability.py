@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback, TrainerState
 
-from recipe.checkpoints import latest_complete_checkpoint
+from recipe.train.checkpoints import latest_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer
 
-from recipe.config import DataArguments, ModelArguments, PretrainingArguments, uses_compilation
-from recipe.data import PreparedData
-from recipe.packing import collate_packed_rows
-from recipe.presets import count_parameters
+from recipe.data.packing import collate_packed_rows
+from recipe.data.prepare import PreparedData
+from recipe.model.presets import count_parameters
+from recipe.options.arguments import DataArguments, ModelArguments, PretrainingArguments, uses_compilation
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
-from recipe.config import RecipeConfigError
 from recipe.evaluation.completions import SamplingConfig, generate_completions, load_prompts
+from recipe.options.arguments import RecipeConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ from transformers import Trainer, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from model_card import write_model_card
-from recipe.checkpoints import COMPLETE_MARKER
-from recipe.config import build_lr_scheduler, uses_compilation
-from recipe.cpu_allocator import keep_freed_memory_in_process
-from recipe.fast_loss import use_chunked_loss
-from recipe.regional_compile import compile_decoder_layers
-from recipe.time_budget import TrainingBudgetCallback, fit_schedule_to_budget
+from recipe.model.fast_loss import use_chunked_loss
+from recipe.model.regional_compile import compile_decoder_layers
+from recipe.options.arguments import build_lr_scheduler, uses_compilation
+from recipe.train.checkpoints import COMPLETE_MARKER
+from recipe.train.cpu_allocator import keep_freed_memory_in_process
+from recipe.train.time_budget import TrainingBudgetCallback, fit_schedule_to_budget
 
 LN2 = math.log(2.0)
 

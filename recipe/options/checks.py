@@ -19,7 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from recipe.config import (
+from recipe.model.presets import Gemma3Preset, _parse_overrides, resolve_preset
+from recipe.options.arguments import (
     DataArguments,
     ModelArguments,
     RecipeConfigError,
@@ -29,8 +30,7 @@ from recipe.config import (
     scheduler_name,
     uses_compilation,
 )
-from recipe.presets import Gemma3Preset, _parse_overrides, resolve_preset
-from recipe.stability import NONFINITE_ACTIONS
+from recipe.train.stability import NONFINITE_ACTIONS
 
 # Gemma3TextConfig fields that the preset or the tokenizer fill in; vocab_size may be raised (padded).
 _SET_BY_RECIPE = {f.name for f in fields(Gemma3Preset)} - {"rope_theta", "rope_local_base_freq"} | {
@@ -226,7 +226,7 @@ def _check_architecture(model_args: ModelArguments, data_args: DataArguments) ->
 
 
 def _check_attention(model_args: ModelArguments, data_args: DataArguments, training_args: Any) -> None:
-    """Every kernel offered must keep packed documents apart (see recipe/packing.py), or be refused here."""
+    """Every kernel offered must keep packed documents apart (see recipe/data/packing.py), or be refused here."""
     kernel = model_args.attn_implementation
     known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
     if kernel not in known:

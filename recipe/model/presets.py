@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerBase
 
-from recipe.config import ModelArguments, RecipeConfigError
+from recipe.options.arguments import ModelArguments, RecipeConfigError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from recipe.config import RecipeConfigError
+from recipe.options.arguments import RecipeConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from accelerate import PartialState
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from recipe.config import DataArguments, ModelArguments, RecipeConfigError
+from recipe.options.arguments import DataArguments, ModelArguments, RecipeConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def check_output_dir_owner(output_dir: Path, identity: dict[str, Any], resume_na
 
 def run_identity(parsed: tuple[ModelArguments, DataArguments, Any]) -> dict[str, Any]:
     """The model and data options that make two runs the same run (schedule and logging may change)."""
-    from recipe.parser import explicit_recipe  # the parser imports the config, not this module
+    from recipe.options.parser import explicit_recipe  # the parser imports the config, not this module
 
     names = {f.name for cls in (ModelArguments, DataArguments) for f in fields(cls)} - _OPERATIONAL_OPTIONS
     recipe = {name: value for name, value in explicit_recipe(parsed).items() if name in names}

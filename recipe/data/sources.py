@@ -22,7 +22,7 @@ from datasets import (
 from datasets.data_files import get_data_patterns
 from datasets.exceptions import DatasetNotFoundError
 
-from recipe.config import DataArguments, RecipeConfigError
+from recipe.options.arguments import DataArguments, RecipeConfigError
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 _COMPRESSION = {".gz": gzip.open, ".xz": lzma.open}

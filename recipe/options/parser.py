@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from recipe.config import RecipeConfigError
+from recipe.options.arguments import RecipeConfigError
 
 _BARE_PERCENT = re.compile(r"%(?!\()")
 

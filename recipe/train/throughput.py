@@ -11,7 +11,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
-from recipe.flops import peak_flops, training_flops_per_token
+from recipe.model.flops import peak_flops, training_flops_per_token
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from recipe.config import ModelArguments, RecipeConfigError
-from recipe.presets import ARCHITECTURE_OPTIONS
-from recipe.tokenizer import prepare_tokenizer
+from recipe.data.tokenizer import prepare_tokenizer
+from recipe.model.presets import ARCHITECTURE_OPTIONS
+from recipe.options.arguments import ModelArguments, RecipeConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -15,12 +15,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from model_card import write_model_card
-from recipe.callbacks import ThroughputCallback, TokensPerSecondProgressCallback
-from recipe.checkpoints import CheckpointCompleteCallback, prepare_output_dir, resolve_resume_checkpoint
-from recipe.config import DataArguments, ModelArguments, PretrainingArguments, torch_compile_default
-from recipe.data import PreparedData, prepare_data
+from recipe.data.packing import collate_packed_rows
+from recipe.data.prepare import PreparedData, prepare_data
+from recipe.data.tokenizer import load_tokenizer
 from recipe.evaluation.evaluate_model import evaluate_after_training
-from recipe.finetune import (
+from recipe.model.finetune import (
     check_finetuning_args,
     evaluate_base_model,
     load_finetuning_model,
@@ -28,16 +27,17 @@ from recipe.finetune import (
     save_merged_model,
     without_options_fixed_by_init_from,
 )
-from recipe.packing import collate_packed_rows
-from recipe.parser import RecipeParser, explicit_recipe
-from recipe.presets import build_model, build_model_config, count_parameters
-from recipe.sampling import SampleGenerationCallback
-from recipe.stability import NonFiniteGuard
-from recipe.summary import report_run_plan
-from recipe.time_budget import TrainingBudgetCallback
-from recipe.tokenizer import load_tokenizer
-from recipe.trainer import PretrainTrainer
-from recipe.validation import check_recipe, check_schedule_fits_data, check_vocab_fits
+from recipe.model.presets import build_model, build_model_config, count_parameters
+from recipe.options.arguments import DataArguments, ModelArguments, PretrainingArguments, torch_compile_default
+from recipe.options.checks import check_recipe, check_schedule_fits_data, check_vocab_fits
+from recipe.options.parser import RecipeParser, explicit_recipe
+from recipe.train.checkpoints import CheckpointCompleteCallback, prepare_output_dir, resolve_resume_checkpoint
+from recipe.train.run_plan import report_run_plan
+from recipe.train.sampling import SampleGenerationCallback
+from recipe.train.stability import NonFiniteGuard
+from recipe.train.throughput import ThroughputCallback, TokensPerSecondProgressCallback
+from recipe.train.time_budget import TrainingBudgetCallback
+from recipe.train.trainer import PretrainTrainer
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""From raw text to packed training rows: sources, tokenizer, packing, preparation."""

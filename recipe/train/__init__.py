@@ -1,0 +1,1 @@
+"""Training: the lifecycle, the Trainer, its callbacks, checkpoints and the run plan."""
