@@ -318,7 +318,9 @@ def run_recipe(setup: TrainSetup, device, warmup: int, steps: int) -> dict[str, 
     import torch
     from transformers import TrainerCallback
 
+    from recipe.model.fast_path import install_fast_path
     from recipe.options.arguments import PretrainingArguments
+    from recipe.train.cpu_allocator import keep_freed_memory_in_process
     from recipe.train.throughput import ThroughputCallback
     from recipe.train.trainer import PretrainTrainer
 
@@ -360,13 +362,18 @@ def run_recipe(setup: TrainSetup, device, warmup: int, steps: int) -> dict[str, 
     )
     tokens_per_step = setup.batch_size * setup.block_size
     throughput = ThroughputCallback.for_model(model.config, setup.block_size, tokens_per_step)
+    install_fast_path(model, args)  # as `build_pretraining_model` does
+    if device.type == "cpu":
+        keep_freed_memory_in_process()  # as `prepare_training` does on CPU
     try:  # the recipe's own assembly, where `datasets` is installed (the GPU machine has none)
         from recipe.data.prepare import PreparedData
-        from recipe.options.arguments import DataArguments
         from recipe.train.lifecycle import build_trainer
+        from recipe.train.run_plan import RunPlan
 
         data = PreparedData(tokenizer=None, train=rows, validation=None)
-        trainer = build_trainer(model, data, DataArguments(block_size=setup.block_size), args)
+        batch = {"block_size": setup.block_size, "tokens_per_step": tokens_per_step}
+        plan = RunPlan(model={}, tokenizer={}, data={}, batch=batch, schedule={}, evaluation={}, hardware={})
+        trainer = build_trainer(model, data, args, plan)
         trainer.add_callback(StepTimer())
         assembled_by = "recipe.train.lifecycle.build_trainer"
     except ImportError:  # the same trainer and per-step callbacks as `build_trainer`, assembled here

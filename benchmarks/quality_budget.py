@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from recipe.train.lifecycle import parse_args, run_pretraining  # noqa: E402
+from recipe.train.run_plan import tokens_per_optimizer_step  # noqa: E402
 
 TINY_RECIPE = str(REPO / "recipe" / "configs" / "gemma3-tiny-tinystories.yaml")
 SHIPPED_MINUTES = 20.0  # the YAML's max_train_minutes: at this budget row (c) runs exactly as shipped
@@ -114,13 +115,13 @@ def run_row(name: str, overrides: list[str], data: str, minutes: float, output_r
         args += ["--max_train_minutes", str(minutes), "--max_steps", str(steps), "--max_eval_samples", "100000"]
         args += ["--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none"]
     args += ["--disable_tqdm", "true", *overrides]
-    model_args, data_args, training_args = parse_args(args)
+    recipe = parse_args(args)
     started = time.perf_counter()
     if name.startswith("a:"):  # the seed's rising schedule, which the recipe refuses, installed by hand
         with rising_schedule():
-            metrics = run_pretraining(model_args, data_args, training_args)
+            metrics = run_pretraining(recipe)
     else:
-        metrics = run_pretraining(model_args, data_args, training_args)
+        metrics = run_pretraining(recipe)
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     lrs = [r["learning_rate"] for r in history if "learning_rate" in r]
     return {
@@ -222,8 +223,8 @@ def main() -> None:
             if speed_key not in calibrations:
                 calibrations[speed_key] = measure_throughput(options.data, output_root, list(speed_key))
             calibration = calibrations[speed_key]
-            _, data_args, training_args = parse_args([TINY_RECIPE, "--output_dir", "/tmp/x", *overrides])
-            tokens_per_step = training_args.per_device_train_batch_size * data_args.block_size
+            recipe = parse_args([TINY_RECIPE, "--output_dir", "/tmp/x", *overrides])
+            tokens_per_step = tokens_per_optimizer_step(recipe.training, recipe.data.block_size)
             steps = steps_for_budget(options.minutes, calibration, tokens_per_step)
             result = run_row(name, overrides, options.data, options.minutes, output_root, steps)
             result["calibration"] = asdict(calibration)
@@ -273,12 +274,12 @@ def measure_throughput(data: str, output_root: Path, overrides: list[str]) -> Ca
         "false",
         *overrides,
     ]
-    model_args, data_args, training_args = parse_args(args)
-    run_pretraining(model_args, data_args, training_args)
+    run_pretraining(parse_args(args))
     history = json.loads((output_root / "calibration" / "trainer_state.json").read_text())["log_history"]
     rates = [r["tokens_per_second"] for r in history if "tokens_per_second" in r]
     steady = sum(rates[1:]) / len(rates[1:])
-    tokens_per_window = window * training_args.per_device_train_batch_size * data_args.block_size
+    recipe = parse_args(args)
+    tokens_per_window = window * tokens_per_optimizer_step(recipe.training, recipe.data.block_size)
     startup = max(0.0, tokens_per_window / rates[0] - tokens_per_window / steady)
     return Calibration(tokens_per_second=steady, startup_seconds=startup)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from model_card.interpretation import interpret, warmup_steps
+from model_card.interpretation import interpret
 from model_card.plots import write_plots
 from model_card.render import DEFAULT_LANGUAGE, render_card
 from model_card.training_run import load_run
+from recipe.run_folder import RunFolder
 
 __all__ = ["write_model_card"]
 
@@ -32,10 +33,12 @@ def write_model_card(
     run = load_run(folder)
     base_model = base_model or run.recipe.get("init_from") or (run.adapter or {}).get("base_model_name_or_path")
     evidence = run.evidence(fine_tune=bool(base_model))
-    plots = write_plots(run.log_history, run.folder, warmup_steps(evidence))
+    plots = write_plots(
+        run.log_history, run.folder, evidence.warmup_steps, run.planned("batch", "tokens_per_step")
+    )
     statements = interpret(evidence)
     card = render_card(run, statements, plots, base_model=base_model, license=license, language=language)
-    path = run.folder / "README.md"
+    path = RunFolder(run.folder).card_file
     card.save(path)
     logger.info("Model card written to %s (%d plots, %d statements)", path, len(plots), len(statements))
     return path

@@ -79,6 +79,12 @@ class RunEvidence:
     evaluation: dict[str, Any] | None = None  # evaluation/results.json
     parameters: int | None = None
     max_steps: int | None = None  # trainer_state.json's planned steps
+    plan: dict[str, Any] | None = None  # run_summary.json: the run's planned arithmetic
+
+    @property
+    def warmup_steps(self) -> int | None:
+        """Warmup in steps, as the run plan resolved it (a count, or a share of the run)."""
+        return ((self.plan or {}).get("schedule") or {}).get("warmup_steps")
 
     @property
     def train(self) -> list[dict[str, Any]]:
@@ -100,8 +106,8 @@ class RunEvidence:
 
     @property
     def planned_steps(self) -> int:
-        recipe_steps = self.recipe.get("max_steps")
-        for value in (recipe_steps, self.max_steps):
+        planned = ((self.plan or {}).get("schedule") or {}).get("total_steps")
+        for value in (planned, self.max_steps):
             if isinstance(value, (int, float)) and value > 0:
                 return int(value)
         return self.last_step
@@ -328,7 +334,7 @@ def lr_schedule_rises(run: RunEvidence) -> Statement | None:
     if len(lrs) < 3:
         return None
     peak = next((i for i in range(len(lrs) - 1) if lrs[i + 1][1] < lrs[i][1]), None)
-    warmup = warmup_steps(run)
+    warmup = run.warmup_steps
     if peak is None:
         rose = lrs[-1][1] > lrs[0][1] * (1 + LR_RISE_TOLERANCE)
         warming = warmup is not None and warmup >= lrs[-1][0]
@@ -354,7 +360,7 @@ def lr_schedule_rises(run: RunEvidence) -> Statement | None:
 
 def warmup_length(run: RunEvidence) -> Statement | None:
     """A warmup longer than (or most of) the run means the peak learning rate is never (or barely) used."""
-    warmup = warmup_steps(run)
+    warmup = run.warmup_steps
     steps = run.planned_steps
     if warmup is None or not steps:
         return None
@@ -589,17 +595,6 @@ def interpret(run: RunEvidence, rules: tuple[Rule, ...] = RULES) -> list[Stateme
 def percent(share: float) -> str:
     """A share as a percentage that stays readable below 1% (MFU of small models on CPU)."""
     return f"{share:.1%}" if share >= 0.01 else f"{100 * share:.2g}%"
-
-
-def warmup_steps(run: RunEvidence) -> int | None:
-    """Warmup in steps: `warmup_steps` is a count (>= 1) or a share of the run (< 1), as in `TrainingArguments`."""
-    value = run.recipe.get("warmup_steps")
-    if not isinstance(value, (int, float)) or value < 0:
-        ratio = run.recipe.get("warmup_ratio")
-        value = ratio if isinstance(ratio, (int, float)) and 0 <= ratio < 1 else None
-    if value is None:
-        return None
-    return math.ceil(value * run.planned_steps) if value < 1 else int(value)
 
 
 def _eval_train_pairs(run: RunEvidence) -> list[tuple[int, float, float]]:

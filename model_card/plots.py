@@ -31,11 +31,17 @@ class Plot:
     caption: str
 
 
-def write_plots(log_history: list[dict[str, Any]], folder: Path, warmup_steps: int | None = None) -> list[Plot]:
-    """Write every plot the log history has data for; returns them in card order."""
+def write_plots(
+    log_history: list[dict[str, Any]],
+    folder: Path,
+    warmup_steps: int | None = None,
+    tokens_per_step: int | None = None,
+) -> list[Plot]:
+    """Write every plot the log history has data for; returns them in card order. `warmup_steps` and
+    `tokens_per_step` come from the run plan (a loss-against-tokens panel needs the latter)."""
     folder = Path(folder)
     plots = [
-        plot_loss(log_history, folder / "loss.png"),
+        plot_loss(log_history, folder / "loss.png", tokens_per_step),
         plot_grad_norm(log_history, folder / "grad_norm.png"),
         plot_learning_rate(log_history, folder / "learning_rate.png", warmup_steps),
         plot_throughput(log_history, folder / "throughput.png"),
@@ -43,12 +49,11 @@ def write_plots(log_history: list[dict[str, Any]], folder: Path, warmup_steps: i
     return [plot for plot in plots if plot is not None]
 
 
-def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Plot | None:
+def plot_loss(log_history: list[dict[str, Any]], path: Path, tokens_per_step: int | None = None) -> Plot | None:
     train = _series(log_history, "loss")
     evals = _series(log_history, "eval_loss")
     if not train and not evals:
         return None
-    tokens_per_step = _tokens_per_step(log_history)
     figure = Figure(figsize=(11, 4))
     panels = figure.subplots(1, 2 if tokens_per_step else 1, squeeze=False)[0]
     for axis, scale, label in zip(panels, (1, tokens_per_step), ("step", "tokens seen")):
@@ -144,11 +149,6 @@ def _series(log_history: list[dict[str, Any]], key: str) -> list[tuple[int, floa
         for r in log_history
         if "step" in r and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
     ]
-
-
-def _tokens_per_step(log_history: list[dict[str, Any]]) -> float | None:
-    pairs = [(r["step"], r["tokens_seen"]) for r in log_history if r.get("tokens_seen") and r.get("step")]
-    return pairs[-1][1] / pairs[-1][0] if pairs else None
 
 
 def _mfu_scale(log_history: list[dict[str, Any]]) -> float | None:

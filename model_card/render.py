@@ -12,7 +12,7 @@ import jinja2
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from model_card.interpretation import Statement, percent, steady_windows, warmup_steps
+from model_card.interpretation import Statement, percent, steady_windows
 from model_card.plots import Plot
 from model_card.training_run import TrainingRun
 from recipe.data.sources import SAMPLE_HUB_SOURCE, is_embedded_sample
@@ -140,7 +140,7 @@ def card_context(
         "tokenizer": tokenizer_text(run),
         "data_rows": data_rows(run, dataset_display),
         "procedure_rows": procedure_rows(run),
-        "run_summary_rows": _flatten(run.run_summary or {}),
+        "run_summary_rows": _flatten(run.run_plan or {}),
         "recipe_yaml": yaml.safe_dump(run.recipe, sort_keys=False).strip() if run.recipe else "",
         "limitations": limitations(run, dataset_display, base_model),
     }
@@ -317,15 +317,14 @@ def data_rows(run: TrainingRun, dataset_display: str) -> list[tuple[str, str]]:
 
 
 def procedure_rows(run: TrainingRun) -> list[tuple[str, str]]:
-    recipe, summary = run.recipe, run.run_summary or {}
+    recipe, plan = run.recipe, run.run_plan or {}
     train = [r for r in run.log_history if "loss" in r]
     last = train[-1] if train else {}
     steady, _ = steady_windows(run.evidence())
     speeds = [r["tokens_per_second"] for r in steady]
     mfus = [r["mfu"] for r in steady if isinstance(r.get("mfu"), (int, float))]
-    tokens_per_step = last.get("tokens_seen", 0) / last["step"] if last.get("step") else None
     runtime = run.train_results.get("train_runtime")
-    warmup = warmup_steps(run.evidence())
+    warmup = run.evidence().warmup_steps
     schedule = recipe.get("lr_scheduler_type")
     floor = (
         recipe.get("min_lr")
@@ -333,10 +332,10 @@ def procedure_rows(run: TrainingRun) -> list[tuple[str, str]]:
         else (f"{recipe['min_lr_rate']:g} × peak" if recipe.get("min_lr_rate") is not None else None)
     )
     rows = [
-        ("Hardware", _hardware(summary)),
-        ("Precision", _precision(recipe, summary)),
+        ("Hardware", _hardware(plan)),
+        ("Precision", run.planned("hardware", "precision")),
         ("Optimizer steps", _last_step(run)),
-        ("Tokens per step", _count(_summary_value(summary, "tokens_per_step") or tokens_per_step)),
+        ("Tokens per step", _count(run.planned("batch", "tokens_per_step"))),
         ("Tokens seen", _count(last.get("tokens_seen"))),
         (
             "Wall time (training)",
@@ -439,28 +438,13 @@ def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, float]]:
     ]
 
 
-def _summary_value(summary: dict[str, Any], key: str) -> Any:
-    """A start-up summary figure, at the top level or one section down (`batch.tokens_per_step`)."""
-    if key in summary:
-        return summary[key]
-    return next((section[key] for section in summary.values() if isinstance(section, dict) and key in section), None)
-
-
-def _hardware(summary: dict[str, Any]) -> str:
-    hardware = summary.get("hardware")
+def _hardware(plan: dict[str, Any]) -> str:
+    hardware = plan.get("hardware")
     if isinstance(hardware, dict):
         parts = [str(hardware["device"])] if hardware.get("device") else []
         parts += [f"{key} {value}" for key, value in hardware.items() if key not in ("device", "precision")]
         return ", ".join(parts)
     return str(hardware) if hardware else "not recorded (no run_summary.json)"
-
-
-def _precision(recipe: dict[str, Any], summary: dict[str, Any]) -> str | None:
-    if _summary_value(summary, "precision"):
-        return str(_summary_value(summary, "precision"))
-    if recipe.get("bf16") is None:
-        return None
-    return "bf16 autocast, fp32 master weights" if recipe["bf16"] else "fp32"
 
 
 def _batch(recipe: dict[str, Any]) -> str | None:

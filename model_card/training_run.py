@@ -13,20 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from safetensors import safe_open
 
 from model_card.interpretation import RunEvidence
-
-STATE_FILE = "trainer_state.json"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-MERGED_FOLDER = "merged"  # base + LoRA adapter folded into plain weights (recipe.model.finetune)
-BASE_MODEL_EVAL_FILE = "base_model_eval.json"
-EVALUATION_FILE = Path("evaluation") / "results.json"
-RUN_SUMMARY_FILE = "run_summary.json"
-TRAINING_SAMPLES_FILE = "samples.jsonl"
-RECIPE_FILE = "recipe.yaml"
+from recipe.run_folder import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    MODEL_CONFIG_FILE,
+    STATE_FILE,
+    RunFolder,
+    read_json,
+)
 
 
 @dataclass
@@ -41,7 +38,7 @@ class TrainingRun:
     train_results: dict[str, Any] = field(default_factory=dict)
     eval_results: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] | None = None
-    run_summary: dict[str, Any] | None = None
+    run_plan: dict[str, Any] | None = None  # run_summary.json: the figures the run was planned with
     training_samples: list[dict[str, Any]] = field(default_factory=list)
     parameters: dict[str, int] | None = None
     tokenizer: dict[str, Any] = field(default_factory=dict)
@@ -50,8 +47,11 @@ class TrainingRun:
 
     @property
     def merged_folder(self) -> Path | None:
-        folder = self.folder / MERGED_FOLDER
-        return folder if (folder / "config.json").is_file() else None
+        return RunFolder(self.folder).merged_model()
+
+    def planned(self, section: str, key: str) -> Any:
+        """A figure of the run plan (`run_summary.json`), or None for a folder without one."""
+        return ((self.run_plan or {}).get(section) or {}).get(key)
 
     def evidence(self, fine_tune: bool = False) -> RunEvidence:
         """The rules' input; a fine-tune gives no parameter count (tokens per parameter concern pretraining)."""
@@ -61,46 +61,43 @@ class TrainingRun:
             evaluation=self.evaluation,
             parameters=None if fine_tune else (self.parameters or {}).get("total"),
             max_steps=self.max_steps,
+            plan=self.run_plan,
         )
 
 
 def load_run(folder: str | Path) -> TrainingRun:
-    folder = Path(folder)
-    adapter = _read_json(folder / ADAPTER_CONFIG_FILE, None)
-    model_file = "config.json" if adapter is None else ADAPTER_CONFIG_FILE
-    missing = [name for name in (STATE_FILE, model_file) if not (folder / name).is_file()]
+    run = RunFolder(folder)
+    adapter = run.read_adapter_config()
+    model_file = MODEL_CONFIG_FILE if adapter is None else ADAPTER_CONFIG_FILE
+    missing = [name for name in (STATE_FILE, model_file) if not (run.path / name).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{folder} is not a finished training folder: {', '.join(missing)} missing. Pass the output_dir of a "
+            f"{run.path} is not a finished training folder: {', '.join(missing)} missing. Pass the output_dir of a "
             "completed run_pretrain.py run."
         )
-    state = _read_json(folder / STATE_FILE)
-    model_folder = folder if adapter is None else _full_model_folder(folder, adapter)
-    recipe_path = folder / RECIPE_FILE
-    recipe = {}
-    if recipe_path.is_file():
-        recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
+    state = run.read_trainer_state()
+    model_folder = run.path if adapter is None else _full_model_folder(run.path, adapter)
     return TrainingRun(
-        folder=folder,
-        config=_read_json(model_folder / "config.json", {}) if model_folder else {},
+        folder=run.path,
+        config=RunFolder(model_folder).read_model_config() if model_folder else {},
         log_history=list(state.get("log_history") or []),
         max_steps=state.get("max_steps"),
-        recipe=recipe,
-        train_results=_read_json(folder / "train_results.json", {}),
-        eval_results=_read_json(folder / "eval_results.json", {}),
-        evaluation=_read_json(folder / EVALUATION_FILE, None),
-        run_summary=_read_json(folder / RUN_SUMMARY_FILE, None),
-        training_samples=_read_jsonl(folder / TRAINING_SAMPLES_FILE),
-        parameters=_parameters(folder, model_folder, adapter),
-        tokenizer=describe_tokenizer(folder),
+        recipe=run.read_recipe() or {},
+        train_results=run.read_train_results(),
+        eval_results=run.read_eval_results(),
+        evaluation=run.read_evaluation(),
+        run_plan=run.read_run_plan(),
+        training_samples=run.read_samples(),
+        parameters=_parameters(run.path, model_folder, adapter),
+        tokenizer=describe_tokenizer(run.path),
         adapter=adapter,
-        base_model_eval=_read_json(folder / BASE_MODEL_EVAL_FILE, None),
+        base_model_eval=run.read_base_model_eval(),
     )
 
 
 def describe_tokenizer(folder: Path) -> dict[str, Any]:
     """Tokenizer kind and special tokens from its saved files (no loading: a 262k vocabulary is slow to build)."""
-    config = _read_json(folder / "tokenizer_config.json", {})
+    config = read_json(folder / "tokenizer_config.json", {})
     description = {key: config[key] for key in ("bos_token", "eos_token", "pad_token") if config.get(key)}
     tokenizer_file = folder / "tokenizer.json"
     if tokenizer_file.is_file():
@@ -117,7 +114,7 @@ def count_saved_parameters(folder: Path) -> dict[str, int] | None:
     """
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        files = [folder / name for name in sorted(set(_read_json(index)["weight_map"].values()))]
+        files = [folder / name for name in sorted(set(read_json(index)["weight_map"].values()))]
     elif (folder / "model.safetensors").is_file():
         files = [folder / "model.safetensors"]
     else:
@@ -141,10 +138,10 @@ def _count_tensors(files: list[Path]) -> tuple[int, int]:
 
 def _full_model_folder(folder: Path, adapter: dict[str, Any]) -> Path | None:
     """Where an adapter run's full architecture is described: its merged model, else a local base model."""
-    candidates = [folder / MERGED_FOLDER]
+    candidates = [RunFolder(folder).merged_folder]
     if adapter.get("base_model_name_or_path"):
         candidates.append(Path(str(adapter["base_model_name_or_path"])).expanduser())
-    return next((path for path in candidates if (path / "config.json").is_file()), None)
+    return next((path for path in candidates if RunFolder(path).has_model), None)
 
 
 def _parameters(folder: Path, model_folder: Path | None, adapter: dict[str, Any] | None) -> dict[str, int] | None:
@@ -152,28 +149,3 @@ def _parameters(folder: Path, model_folder: Path | None, adapter: dict[str, Any]
     if adapter is not None and (folder / ADAPTER_WEIGHTS_FILE).is_file():
         counts = {**(counts or {}), "adapter": _count_tensors([folder / ADAPTER_WEIGHTS_FILE])[0]}
     return counts
-
-
-def _read_json(path: Path, default: Any = ...) -> Any:
-    if not path.is_file():
-        if default is ...:
-            raise FileNotFoundError(f"{path} is missing.")
-        return default
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); rewrite it or delete it.") from error
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {number} is not valid JSON ({error}).") from error
-    return records

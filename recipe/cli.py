@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from recipe.options.arguments import RecipeConfigError
+from recipe.errors import RecipeConfigError
 
 USAGE_ERROR_EXIT_CODE = 2  # what argparse exits with for a bad option
 

@@ -75,52 +75,43 @@ def jsonl_file(stories_dir, tmp_path_factory) -> Path:
     return path
 
 
-def tiny_args(data: Path, output_dir: Path, *extra: str) -> list[str]:
-    """Command-line arguments for a run that takes seconds: a smaller-than-tiny model on generated stories."""
-    return [
-        "--dataset_name",
-        str(data),
-        "--output_dir",
-        str(output_dir),
-        "--tokenizer_vocab_size",
-        "400",
-        "--hidden_size",
-        "64",
-        "--intermediate_size",
-        "128",
-        "--num_hidden_layers",
-        "2",
-        "--num_attention_heads",
-        "2",
-        "--num_key_value_heads",
-        "1",
-        "--head_dim",
-        "32",
-        "--sliding_window",
-        "16",
-        "--sliding_window_pattern",
-        "2",
-        "--block_size",
-        "64",
-        "--per_device_train_batch_size",
-        "8",
-        "--per_device_eval_batch_size",
-        "8",
-        "--max_steps",
-        "20",
-        "--logging_steps",
-        "5",
-        "--eval_steps",
-        "10",
-        "--save_steps",
-        "10",
-        "--preprocessing_num_workers",
-        "1",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--torch_compile",  # eager: compiling costs more than these seconds-long runs (unset compiles on CPU)
-        "false",
-        *extra,
-    ]
+# A smaller-than-tiny Gemma 3 and its tokenizer; an `init_from` run takes both from its checkpoint instead.
+TINY_MODEL = [
+    "--tokenizer_vocab_size", "400",
+    "--hidden_size", "64",
+    "--intermediate_size", "128",
+    "--num_hidden_layers", "2",
+    "--num_attention_heads", "2",
+    "--num_key_value_heads", "1",
+    "--head_dim", "32",
+    "--sliding_window", "16",
+    "--sliding_window_pattern", "2",
+]  # fmt: skip
+# A run that takes seconds: short rows, 20 steps, logs, evaluations and checkpoints every few steps.
+TINY_RUN = [
+    "--block_size", "64",
+    "--per_device_train_batch_size", "8",
+    "--per_device_eval_batch_size", "8",
+    "--max_steps", "20",
+    "--logging_steps", "5",
+    "--eval_steps", "10",
+    "--save_steps", "10",
+    "--preprocessing_num_workers", "1",
+    "--report_to", "none",
+    "--disable_tqdm", "true",
+    "--torch_compile", "false",  # eager: compiling costs more than these seconds-long runs (unset compiles on CPU)
+]  # fmt: skip
+
+
+def tiny_args(data: Path, output_dir: Path, *extra: str, init_from: Path | None = None) -> list[str]:
+    """Command-line arguments of every test run: the tiny model (or `init_from`'s), `TINY_RUN`, then `extra`."""
+    model = ["--init_from", str(init_from)] if init_from is not None else TINY_MODEL
+    return ["--dataset_name", str(data), "--output_dir", str(output_dir), *model, *TINY_RUN, *extra]
+
+
+def one_prompt_file(folder: Path) -> Path:
+    """One short prompt: samples during and after training take a moment, not the run's length."""
+    prompts = folder / "one_prompt.txt"
+    if not prompts.exists():
+        prompts.write_text("Once upon a time\n", encoding="utf-8")
+    return prompts

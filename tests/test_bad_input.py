@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from recipe.errors import RecipeConfigError
 from recipe.options import arguments as config
-from recipe.options.arguments import RecipeConfigError
 from recipe.train import lifecycle as pretrain
 from recipe.train.lifecycle import main
 from tests.conftest import tiny_args
@@ -120,6 +120,33 @@ OPTION_ERRORS = [
         r"min_lr_rate has no effect",
     ),
     ("min_lr_and_min_lr_rate", ["--min_lr", "1e-4", "--min_lr_rate", "0.1"], r"min_lr and min_lr_rate both set"),
+    (
+        "heads_not_a_multiple_of_kv_heads",
+        ["--num_attention_heads", "3", "--num_key_value_heads", "2"],
+        r"num_attention_heads \(3\) must be a multiple of num_key_value_heads \(2\)",
+    ),
+    (
+        "tokenizer_vocab_too_small",
+        ["--tokenizer_vocab_size", "200"],
+        r"tokenizer_vocab_size \(200\) must be at least 300",
+    ),
+    ("block_size_one", ["--block_size", "1"], r"block_size \(1\) must be at least 2"),
+    ("max_train_samples_zero", ["--max_train_samples", "0"], r"max_train_samples \(0\) must be positive"),
+    ("negative_sample_steps", ["--sample_steps", "-5"], r"sample_steps \(-5\) must be positive, or 0"),
+    ("fp16", ["--fp16", "true"], r"fp16 is not supported.*bf16"),
+    ("min_lr_above_peak", ["--min_lr", "5e-3", "--learning_rate", "1e-3"], r"min_lr \(0.005\) must not exceed"),
+    ("min_lr_rate_above_one", ["--min_lr_rate", "1.5"], r"min_lr_rate \(1.5\) must lie in \[0, 1\]"),
+    ("unknown_loss", ["--loss_implementation", "fused"], r"loss_implementation `fused` is unknown"),
+    ("loss_chunk_zero", ["--loss_chunk_size", "0"], r"loss_chunk_size \(0\) must be positive"),
+    (
+        "compile_decoder_and_torch_compile",
+        ["--compile_decoder", "true", "--torch_compile", "true"],
+        r"compile_decoder compiles the decoder layers and torch_compile the whole model",
+    ),
+    ("use_peft_without_init_from", ["--use_peft", "true"], r"use_peft trains adapters on a trained model"),
+    ("muon_adjust_lr_fn", ["--optim", "muon", "--muon_adjust_lr_fn", "rms"], r"muon_adjust_lr_fn `rms` is unknown"),
+    ("muon_ns_steps_zero", ["--optim", "muon", "--muon_ns_steps", "0"], r"muon_ns_steps \(0\) must be at least 1"),
+    ("muon_momentum_one", ["--optim", "muon", "--muon_momentum", "1"], r"muon_momentum \(1\) must lie in \[0, 1\)"),
     (
         "wsd_without_decay_steps",
         ["--lr_scheduler_type", "warmup_stable_decay"],

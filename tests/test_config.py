@@ -9,10 +9,18 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, PreTrainedTokenizerFast, get_scheduler
 
+from recipe.errors import RecipeConfigError
 from recipe.model.presets import build_model_config, count_parameters
-from recipe.options.arguments import ModelArguments, RecipeConfigError, scheduler_kwargs_for
+from recipe.options.arguments import ModelArguments
+from recipe.options.checks import check_recipe
+from recipe.options.recipe import CONFLICTS_WITH_INIT_FROM
+from recipe.options.schedule import scheduler_kwargs_for
 from recipe.train.lifecycle import parse_args
 from recipe.train.time_budget import schedule_step
+
+
+def parse_training_args(args: list[str]):
+    return parse_args(args).training
 
 
 def _write(tmp_path, text: str):
@@ -23,7 +31,9 @@ def _write(tmp_path, text: str):
 
 def test_cli_overrides_yaml_and_yaml_overrides_defaults(tmp_path):
     path = _write(tmp_path, "learning_rate: 2.0e-3\nblock_size: 128\nmodel_preset: gemma3-tiny\nmax_steps: 5\n")
-    model_args, data_args, training_args = parse_args([path, "--block_size", "64", "--output_dir", str(tmp_path)])
+    recipe = parse_args([path, "--block_size", "64", "--output_dir", str(tmp_path)])
+    model_args, data_args, training_args = recipe.model, recipe.data, recipe.training
+    assert recipe.explicit_keys == {"learning_rate", "block_size", "model_preset", "max_steps", "output_dir"}
     assert data_args.block_size == 64
     assert training_args.learning_rate == 2e-3
     assert training_args.max_steps == 5
@@ -33,7 +43,7 @@ def test_cli_overrides_yaml_and_yaml_overrides_defaults(tmp_path):
 
 def test_yaml_scientific_notation_without_dot_is_a_float(tmp_path):
     path = _write(tmp_path, "learning_rate: 5e-4\n")
-    assert parse_args([path, "--output_dir", str(tmp_path)])[2].learning_rate == 5e-4
+    assert parse_args([path, "--output_dir", str(tmp_path)]).training.learning_rate == 5e-4
 
 
 def test_unknown_yaml_key_is_rejected_by_name(tmp_path):
@@ -51,7 +61,7 @@ def test_wrong_type_in_yaml_is_rejected_by_name(tmp_path):
 def test_min_lr_above_peak_is_rejected_before_any_compute(tmp_path):
     path = _write(tmp_path, "learning_rate: 1.0e-4\nmin_lr: 5.0e-4\n")
     with pytest.raises(RecipeConfigError, match=r"min_lr \(0.0005\) must not exceed learning_rate \(0.0001\)"):
-        parse_args([path, "--output_dir", str(tmp_path)])
+        check_recipe(parse_args([path, "--output_dir", str(tmp_path)]))
 
 
 def test_fp16_is_rejected_with_bf16_advice(tmp_path):
@@ -60,7 +70,7 @@ def test_fp16_is_rejected_with_bf16_advice(tmp_path):
 
 
 def test_warmup_then_cosine_to_min_lr(tmp_path):
-    _, _, args = parse_args(
+    args = parse_training_args(
         [
             "--learning_rate",
             "1e-3",
@@ -80,7 +90,7 @@ def test_warmup_then_cosine_to_min_lr(tmp_path):
         optimizer,
         num_warmup_steps=10,
         num_training_steps=100,
-        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+        scheduler_specific_kwargs=scheduler_kwargs_for(args, 100),
     )
     lrs = []
     for _ in range(100):
@@ -136,14 +146,16 @@ def _final_lr(args, steps: int = 100) -> float:
         (
             ["--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"num_decay_steps": 0.2}']
             + ["--min_lr_rate", "0.1"],
-            {"num_decay_steps": 0.2, "min_lr_ratio": 0.1},
+            {"num_decay_steps": 20, "min_lr_ratio": 0.1},
             1e-4,
         ),
     ],
 )
 def test_scheduler_options_from_the_command_line_reach_the_scheduler(tmp_path, options, kwargs, final_lr):
-    _, _, args = parse_args(["--learning_rate", "1e-3", "--max_steps", "100", "--output_dir", str(tmp_path), *options])
-    assert args.lr_scheduler_kwargs == kwargs
+    args = parse_training_args(
+        ["--learning_rate", "1e-3", "--max_steps", "100", "--output_dir", str(tmp_path), *options]
+    )
+    assert scheduler_kwargs_for(args, 100) == kwargs
     assert _final_lr(args) == pytest.approx(final_lr, abs=1e-9)
 
 
@@ -195,13 +207,15 @@ SHIPPED_RECIPES = sorted((Path(__file__).parents[1] / "recipe" / "configs").glob
 
 @pytest.mark.parametrize("recipe_file", SHIPPED_RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_parses(recipe_file, tmp_path):
-    model_args, data_args, training_args = parse_args([str(recipe_file), "--output_dir", str(tmp_path)])
-    assert data_args.block_size >= 2 and training_args.learning_rate > 0
-    assert model_args.model_preset or model_args.init_from
+    recipe = parse_args([str(recipe_file), "--output_dir", str(tmp_path)])
+    if recipe.model.init_from:  # a fine-tune: its checkpoint fixes the architecture, which the file must not set
+        assert not [name for name in CONFLICTS_WITH_INIT_FROM if recipe.is_explicit(name)]
+    else:  # every option check passes, before any data is read
+        check_recipe(recipe)
 
 
 def test_wsd_decay_given_as_a_share_of_the_run_decays_over_its_end(tmp_path):
-    _, _, args = parse_args(
+    args = parse_training_args(
         ["--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"num_decay_steps": 0.2}']
         + ["--max_steps", "100", "--warmup_steps", "0", "--output_dir", str(tmp_path)]
     )

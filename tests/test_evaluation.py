@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
-import types
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 
 from recipe.data.packing import collate_packed_rows
 from recipe.data.prepare import bytes_per_target
+from recipe.errors import RecipeConfigError
 from recipe.evaluation.generation_metrics import (
     content_words,
     distinct_n,
@@ -24,7 +23,7 @@ from recipe.evaluation.generation_metrics import (
 from recipe.evaluation.heldout import heldout_metrics, load_heldout_split
 from recipe.evaluation.run_evaluation import load_model_and_tokenizer
 from recipe.evaluation.run_evaluation import main as run_eval_main
-from recipe.options.arguments import DataArguments, RecipeConfigError
+from recipe.options.arguments import DataArguments
 from recipe.train.lifecycle import main as pretrain_main
 from tests.conftest import tiny_args
 
@@ -197,25 +196,21 @@ def test_run_eval_loads_a_peft_adapter_folder(trained_folder, tmp_path):
         torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits)
 
 
-def test_update_card_calls_the_model_card_writer(trained_folder, tmp_path, monkeypatch):
+def test_update_card_rewrites_the_card_with_the_new_completions(trained_folder, tmp_path):
     folder = shutil.copytree(trained_folder, tmp_path / "model")
-    calls = []
-    fake = types.ModuleType("model_card")
-    fake.write_model_card = lambda path: calls.append((path, (folder / "evaluation" / "results.json").is_file()))
-    monkeypatch.setitem(sys.modules, "model_card", fake)
+    (folder / "README.md").unlink()
     run_eval_main(
         ["--model_name_or_path", str(folder), "--num_samples", "1", "--max_new_tokens", "8", "--update_card"]
     )
-    assert calls == [(str(folder), True)]
-    assert json.loads((folder / "evaluation" / "results.json").read_text())["heldout"] is None
+    results = json.loads((folder / "evaluation" / "results.json").read_text())
+    assert results["heldout"] is None
+    card = (folder / "README.md").read_text()
+    assert results["samples"][0]["completion"].strip()[:20] in card
 
 
-def test_update_card_without_model_card_package_fails_before_evaluating(trained_folder, tmp_path, monkeypatch):
+def test_update_card_with_wrong_inputs_fails_before_evaluating(trained_folder, tmp_path):
     results_file = trained_folder / "evaluation" / "results.json"
     before = results_file.read_text()
-    monkeypatch.setitem(sys.modules, "model_card", None)
-    with pytest.raises(RecipeConfigError, match="`model_card` package"):
-        run_eval_main(["--model_name_or_path", str(trained_folder), "--update_card"])
     with pytest.raises(RecipeConfigError, match="--output_dir"):
         run_eval_main(["--model_name_or_path", str(trained_folder), "--update_card", "--output_dir", str(tmp_path)])
     with pytest.raises(RecipeConfigError, match="local model folder"):

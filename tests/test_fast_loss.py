@@ -8,11 +8,13 @@ from peft import LoraConfig, get_peft_model
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, set_seed
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from recipe.data.prepare import prepare_data
+from recipe.errors import RecipeConfigError
 from recipe.model.fast_loss import chunked_linear_cross_entropy, use_chunked_loss
 from recipe.model.regional_compile import compile_decoder_layers
-from recipe.options.arguments import PretrainingArguments, RecipeConfigError
-from recipe.train.lifecycle import build_pretraining_model, build_trainer, parse_args
+from recipe.options.arguments import DataArguments, ModelArguments, PretrainingArguments
+from recipe.options.checks import check_recipe
+from recipe.options.recipe import Recipe
+from recipe.train.lifecycle import parse_args, prepare_training
 from tests.conftest import tiny_args
 
 VOCAB = 97
@@ -154,13 +156,14 @@ def test_compile_decoder_compiles_layers_in_place_and_keeps_checkpoint_keys():
     ],
 )
 def test_conflicting_fast_path_options_are_rejected(options, tmp_path):
+    training_args = PretrainingArguments(output_dir=str(tmp_path), report_to="none", **options)
     with pytest.raises(RecipeConfigError):
-        PretrainingArguments(output_dir=str(tmp_path), **options)
+        check_recipe(Recipe(ModelArguments(), DataArguments(), training_args))
 
 
 def _train(stories_dir, output_dir, *extra):
     """The recipe's own path (parse, data, model, PretrainTrainer), without the end-of-run extras."""
-    model_args, data_args, training_args = parse_args(
+    recipe = parse_args(
         tiny_args(
             stories_dir,
             output_dir,
@@ -183,10 +186,9 @@ def _train(stories_dir, output_dir, *extra):
             *extra,
         )
     )
-    set_seed(training_args.seed)
-    data = prepare_data(model_args, data_args)
-    model = build_pretraining_model(model_args, data_args, data.tokenizer)
-    trainer = build_trainer(model, data, data_args, training_args)
+    set_seed(recipe.training.seed)
+    trainer, _, _ = prepare_training(recipe)
+    model = trainer.model
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return losses, {name: p.detach().clone() for name, p in model.named_parameters()}

@@ -17,9 +17,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, ViTConfig, pipeline
 
 from recipe.data.packing import collate_packed_rows
-from recipe.model.finetune import BASE_MODEL_EVAL_FILE, apply_lora, check_finetuning_args
-from recipe.options.arguments import ModelArguments, RecipeConfigError
+from recipe.errors import RecipeConfigError
+from recipe.model.finetune import apply_lora
+from recipe.options.arguments import DataArguments, ModelArguments, PretrainingArguments
+from recipe.options.checks import check_recipe
 from recipe.options.parser import RecipeParser
+from recipe.options.recipe import Recipe
+from recipe.run_folder import BASE_MODEL_EVAL_FILE
 from recipe.train import lifecycle as pretrain
 from tests.conftest import tiny_args, write_stories
 
@@ -51,39 +55,8 @@ LORA = ("--use_peft", "true", "--learning_rate", "1e-2")
 
 def finetune_args(data: Path, output_dir: Path, base: Path, *extra: str) -> list[str]:
     """A seconds-long fine-tuning run: no architecture or tokenizer options, those come from `base`."""
-    return [
-        "--init_from",
-        str(base),
-        "--dataset_name",
-        str(data),
-        "--output_dir",
-        str(output_dir),
-        "--block_size",
-        "64",
-        "--per_device_train_batch_size",
-        "8",
-        "--per_device_eval_batch_size",
-        "8",
-        "--learning_rate",
-        "3e-3",
-        "--max_steps",
-        "30",
-        "--logging_steps",
-        "5",
-        "--eval_steps",
-        "10",
-        "--save_steps",
-        "10",
-        "--bf16",
-        "false",
-        "--preprocessing_num_workers",
-        "1",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        *extra,
-    ]
+    options = ("--learning_rate", "3e-3", "--max_steps", "30", "--bf16", "false")
+    return tiny_args(data, output_dir, *options, *extra, init_from=base)
 
 
 def run_and_keep_trainer(args: list[str]):
@@ -222,9 +195,10 @@ def test_saved_finetuning_recipe_parses_again_without_conflicts(lora_run, base_f
     model_options = {f.name for f in dataclasses.fields(ModelArguments)}
     saved = tmp_path / "model_options.yaml"
     saved.write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k in model_options}))
-    (model_args,) = RecipeParser((ModelArguments,)).parse_recipe([str(saved)])
+    (model_args,), explicit = RecipeParser((ModelArguments,)).parse_with_explicit_keys([str(saved)])
     assert model_args.lora_target_modules == recipe["lora_target_modules"]
-    check_finetuning_args(model_args)
+    training_args = PretrainingArguments(output_dir=str(tmp_path / "rerun"), report_to="none", torch_compile=False)
+    check_recipe(Recipe(model_args, DataArguments(), training_args, explicit))  # the saved recipe reruns
 
 
 def test_lora_forward_keeps_packed_position_ids_and_no_cache(base_folder):
@@ -252,8 +226,7 @@ def test_full_finetune_trains_every_weight(base_folder, space_dir, tmp_path):
 def test_init_from_a_folder_that_is_not_a_causal_lm_fails_at_startup(base_folder, stories_dir, tmp_path):
     ViTConfig().save_pretrained(tmp_path / "vit")
     for folder, expected in ((stories_dir, "Could not load init_from"), (tmp_path / "vit", "`vit` model")):
-        args = finetune_args(stories_dir, tmp_path / "out", base_folder)
-        args[1] = str(folder)
+        args = finetune_args(stories_dir, tmp_path / "out", folder)
         with pytest.raises(RecipeConfigError, match="init_from") as error:
             pretrain.main(args)
         assert expected in str(error.value) and "causal" in str(error.value)

@@ -62,6 +62,11 @@ def run_of(losses: list[float], evals: dict[int, float] | None = None, **kwargs)
     return RunEvidence(train_log(losses, **series) + eval_log(evals or {}), **kwargs)
 
 
+def plan_of(total_steps: int, warmup: int) -> dict:
+    """The schedule section of a run plan (`run_summary.json`)."""
+    return {"schedule": {"total_steps": total_steps, "warmup_steps": warmup}}
+
+
 def falling(n: int, start: float = 6.0, end: float = 2.0) -> list[float]:
     return [start + (end - start) * i / (n - 1) for i in range(n)]
 
@@ -248,7 +253,7 @@ def test_learning_rate_that_rises_after_its_peak_is_flagged():
 
 def test_learning_rate_that_only_rises_without_warmup_is_flagged():
     rates = [1e-4 * (i + 1) for i in range(8)]
-    run = run_of(falling(8), learning_rate=rates, recipe={"warmup_steps": 10, "max_steps": 80})
+    run = run_of(falling(8), learning_rate=rates, plan=plan_of(80, warmup=10))
     statement = lr_schedule_rises(run)
     assert statement.warning and "never decayed" in statement.text
 
@@ -259,7 +264,7 @@ def test_warmup_then_cosine_has_no_schedule_anomaly():
 
 def test_warmup_longer_than_the_run_is_flagged():
     rates = [1e-4 * (i + 1) for i in range(4)]
-    run = run_of(falling(4), learning_rate=rates, recipe={"warmup_steps": 500, "max_steps": 40, "learning_rate": 6e-4})
+    run = run_of(falling(4), learning_rate=rates, recipe={"learning_rate": 6e-4}, plan=plan_of(40, warmup=500))
     statement = warmup_length(run)
     assert statement.warning
     assert "warmup (500 steps) is longer than the run (40 steps)" in statement.text
@@ -267,12 +272,12 @@ def test_warmup_longer_than_the_run_is_flagged():
 
 
 def test_warmup_taking_most_of_the_run_is_flagged():
-    statement = warmup_length(run_of(falling(4), recipe={"warmup_steps": 0.6, "max_steps": 100}))
+    statement = warmup_length(run_of(falling(4), plan=plan_of(100, warmup=60)))
     assert statement.warning and "takes 60% of the run (60 of 100 steps)" in statement.text
 
 
 def test_short_warmup_is_reported_without_warning():
-    statement = warmup_length(run_of(falling(4), recipe={"warmup_steps": 0.05, "max_steps": 40}))
+    statement = warmup_length(run_of(falling(4), plan=plan_of(40, warmup=2)))
     assert not statement.warning and statement.text == "The warmup takes 5% of the run (2 of 40 steps)."
 
 
@@ -418,7 +423,8 @@ def test_every_statement_of_a_full_run_carries_a_number():
         falling(12),
         evals={40: 4.7, 80: 3.4, 120: 2.1},
         learning_rate=cosine(12),
-        recipe={"learning_rate": 1e-3, "warmup_steps": 0.05, "max_steps": 120},
+        recipe={"learning_rate": 1e-3},
+        plan=plan_of(120, warmup=6),
         parameters=100_000,
         evaluation=evaluation(repetition_rate=0.1, distinct_2=0.7, prompt_adherence=0.5, eos_share=0.5),
     )

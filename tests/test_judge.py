@@ -10,11 +10,12 @@ import huggingface_hub.constants
 import pytest
 
 from recipe.data.tokenizer import train_bpe_tokenizer
+from recipe.errors import RecipeConfigError
 from recipe.evaluation.completions import SamplingConfig
 from recipe.evaluation.evaluate_model import evaluate_model, write_results
 from recipe.evaluation.judge import LLMJudge, parse_scores
 from recipe.model.presets import build_model, build_model_config
-from recipe.options.arguments import ModelArguments, RecipeConfigError
+from recipe.options.arguments import ModelArguments
 from tests.conftest import read_stories
 
 ANSWERS = [

@@ -9,9 +9,8 @@ import pytest
 import torch
 from datasets import concatenate_datasets
 
-from recipe.data.prepare import prepare_data
-from recipe.train.lifecycle import build_pretraining_model, build_trainer, main, parse_args
-from recipe.train.run_plan import SUMMARY_FILE
+from recipe.run_folder import RUN_PLAN_FILE as SUMMARY_FILE
+from recipe.train.lifecycle import main, parse_args, prepare_training
 from tests.conftest import tiny_args, write_stories
 
 psutil = pytest.importorskip("psutil")
@@ -59,10 +58,8 @@ def peak_memory_growth(run) -> tuple[float, object]:
 def eval_trainer(tmp_path_factory):
     data_dir = write_stories(tmp_path_factory.mktemp("eval-stories"), n_train=200, n_validation=60, seed=3)
     args = tiny_args(data_dir, tmp_path_factory.mktemp("eval-run"), "--bf16", "false")
-    model_args, data_args, training_args = parse_args([*args, "--per_device_eval_batch_size", "16"])
-    data = prepare_data(model_args, data_args)
-    model = build_pretraining_model(model_args, data_args, data.tokenizer)
-    return build_trainer(model, data, data_args, training_args)
+    trainer, _, _ = prepare_training(parse_args([*args, "--per_device_eval_batch_size", "16"]))
+    return trainer
 
 
 def test_eval_peak_memory_stays_flat_with_ten_times_more_rows(eval_trainer):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from recipe.train.checkpoints import COMPLETE_MARKER, checkpoint_problem
+from recipe.train.checkpoints import CHECKPOINT_MARKER, checkpoint_problem
 from recipe.train.lifecycle import main
-from tests.conftest import tiny_args
+from tests.conftest import one_prompt_file, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -77,8 +77,7 @@ def _losses(output_dir: Path) -> dict[int, tuple[float, float]]:
 @pytest.fixture(scope="module")
 def ddp_run(stories_dir, tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("ddp")
-    prompts = root / "prompts.txt"
-    prompts.write_text("Once upon a time\n", encoding="utf-8")
+    prompts = one_prompt_file(root)
     single = root / "single"
     main(_args(stories_dir, single, 8, prompts))  # also fills the data caches the two processes read
 
@@ -122,7 +121,7 @@ def test_only_the_main_process_writes_the_output_folder(ddp_run):
     _, output_dir, audit_dir = ddp_run
     main_writes = (audit_dir / "rank0.log").read_text().splitlines()
     other_writes = (audit_dir / "rank1.log").read_text().splitlines()  # exists once the hook runs in rank 1
-    for written in ("recipe.yaml", "trainer_state.json", f"checkpoint-6/{COMPLETE_MARKER}", "README.md"):
+    for written in ("recipe.yaml", "trainer_state.json", f"checkpoint-6/{CHECKPOINT_MARKER}", "README.md"):
         assert any(line.endswith(written) for line in main_writes), written
     # The other rank only creates the checkpoint folder its own RNG state goes into (torch.save, not audited).
     assert all(line.startswith("os.mkdir checkpoint-") for line in other_writes), other_writes
@@ -130,7 +129,7 @@ def test_only_the_main_process_writes_the_output_folder(ddp_run):
         checkpoint = output_dir / f"checkpoint-{step}"
         assert checkpoint_problem(checkpoint) is None
         assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(
-            json.loads((checkpoint / COMPLETE_MARKER).read_text())["files"]
+            json.loads((checkpoint / CHECKPOINT_MARKER).read_text())["files"]
         )
 
 
@@ -138,8 +137,7 @@ def test_time_budget_stops_both_processes_at_the_same_step(stories_dir, tmp_path
     """The main process's clock decides for both: a rank that stopped alone would leave the other waiting in a
     collective until the timeout."""
     output_dir = tmp_path / "budget"
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("Once upon a time\n", encoding="utf-8")
+    prompts = one_prompt_file(tmp_path)
     args = _args(stories_dir, output_dir, 4, prompts)
     args += ["--max_steps", "100000", "--max_train_minutes", "0.1", "--save_steps", "100000"]
     args += ["--estimate_wall_time", "false", "--warmup_steps", "2"]
@@ -154,4 +152,4 @@ def test_time_budget_stops_both_processes_at_the_same_step(stories_dir, tmp_path
     assert 2 < step < 100000, "stopped by the budget"
     checkpoint = output_dir / f"checkpoint-{step}"
     assert checkpoint_problem(checkpoint) is None
-    assert json.loads((checkpoint / COMPLETE_MARKER).read_text())["world_size"] == 2
+    assert json.loads((checkpoint / CHECKPOINT_MARKER).read_text())["world_size"] == 2

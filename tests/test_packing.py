@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recipe.data.packing import IGNORE_INDEX, collate_packed_rows, covered_bytes, pack_documents
-from recipe.data.prepare import prepare_data
+from recipe.data.prepare import load_training_documents, pack_corpus
 from recipe.data.tokenizer import train_bpe_tokenizer
 from recipe.model.presets import build_model, build_model_config
 from recipe.options.arguments import DataArguments, ModelArguments
@@ -105,7 +105,7 @@ def _packed_tokens(dataset_name, tokenizer) -> np.ndarray:
     data_args = DataArguments(
         dataset_name=str(dataset_name), block_size=64, preprocessing_num_workers=1, validation_split_percentage=10
     )
-    data = prepare_data(ModelArguments(), data_args, tokenizer=tokenizer)
+    data = pack_corpus(load_training_documents(data_args), tokenizer, data_args)
     return np.asarray(data.train.with_format("numpy")["input_ids"])
 
 
@@ -124,8 +124,8 @@ def test_txt_jsonl_and_parquet_give_the_same_packed_tokens(stories_dir, jsonl_fi
 
 def test_second_preparation_reuses_the_packed_cache(stories_dir, tokenizer):
     data_args = DataArguments(dataset_name=str(stories_dir), block_size=64, preprocessing_num_workers=1)
-    first = prepare_data(ModelArguments(), data_args, tokenizer=tokenizer)
-    second = prepare_data(ModelArguments(), data_args, tokenizer=tokenizer)
+    first = pack_corpus(load_training_documents(data_args), tokenizer, data_args)
+    second = pack_corpus(load_training_documents(data_args), tokenizer, data_args)
     assert first.train.cache_files and first.train.cache_files == second.train.cache_files
     assert first.stats == second.stats
     assert 2.0 < first.stats["validation_bytes_per_token"] < 8.0

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 from transformers import TrainerCallback
 
-from recipe.options.arguments import RecipeConfigError
+from recipe.errors import RecipeConfigError
 from recipe.train import checkpoints
 from recipe.train import lifecycle as pretrain
 from recipe.train.checkpoints import (
-    COMPLETE_MARKER,
+    CHECKPOINT_MARKER,
     checkpoint_problem,
     latest_complete_checkpoint,
     prepare_output_dir,
@@ -34,7 +35,7 @@ from recipe.train.checkpoints import (
 )
 from recipe.train.lifecycle import main, parse_args
 from recipe.train.trainer import PretrainTrainer
-from tests.conftest import tiny_args
+from tests.conftest import one_prompt_file, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_resumeTestFakeToken0123456789abcdef"
@@ -65,31 +66,13 @@ main(sys.argv[1:])
 
 
 def run_args(stories_dir: Path, output_dir: Path, *extra: str) -> list[str]:
-    """20 steps, a checkpoint every 5; one short prompt keeps the end-of-training samples quick."""
-    prompts = stories_dir.parent / "one_prompt.txt"
-    if not prompts.exists():
-        prompts.write_text("Once upon a time\n", encoding="utf-8")
+    """20 steps, a checkpoint every 5, in fp32 with the data read in the main process (exactly reproducible)."""
     return tiny_args(
         stories_dir,
         output_dir,
-        "--max_steps",
-        "20",
-        "--save_steps",
-        "5",
-        "--eval_steps",
-        "10",
-        "--save_total_limit",
-        "3",
-        "--learning_rate",
-        "3e-3",
-        "--warmup_steps",
-        "5",
-        "--bf16",
-        "false",
-        "--dataloader_num_workers",
-        "0",
-        "--prompts_file",
-        str(prompts),
+        *("--save_steps", "5", "--save_total_limit", "3", "--learning_rate", "3e-3", "--warmup_steps", "5"),
+        *("--bf16", "false", "--dataloader_num_workers", "0"),
+        *("--prompts_file", str(one_prompt_file(stories_dir.parent))),
         *extra,
     )
 
@@ -157,7 +140,7 @@ def killed_and_resumed(stories_dir, tmp_path_factory) -> tuple[Path, Path, int]:
     log = output_dir.parent / f"{output_dir.name}.log"
     command = [sys.executable, "run_pretrain.py", *run_args(stories_dir, output_dir)]
     process = start(command, log)
-    wait_for(lambda: (output_dir / "checkpoint-5" / COMPLETE_MARKER).exists(), process, log)
+    wait_for(lambda: (output_dir / "checkpoint-5" / CHECKPOINT_MARKER).exists(), process, log)
     kill(process)
     assert not (output_dir / "train_results.json").exists(), "the run finished before the kill"
     killed_at = int(latest_complete_checkpoint(output_dir).name.split("-")[1])
@@ -199,7 +182,7 @@ def test_checkpoint_half_written_at_kill_is_never_resumed(stories_dir, tmp_path,
     half = output_dir / "checkpoint-10"
     assert checkpoint_problem(half) is not None  # killed while optimizer.pt was half-written
     assert (half / "optimizer.pt").stat().st_size > 0 and not (half / "trainer_state.json").exists()
-    assert not (half / COMPLETE_MARKER).exists()
+    assert not (half / CHECKPOINT_MARKER).exists()
     assert latest_complete_checkpoint(output_dir) == output_dir / "checkpoint-5"
 
     (output_dir / "SAVING").unlink()
@@ -235,7 +218,7 @@ def test_checkpoint_without_marker_is_checked_file_by_file(reference_run, tmp_pa
     """A kill between the last file and the marker (e.g. while old checkpoints are rotated) loses nothing."""
     checkpoint = tmp_path / "checkpoint-20"
     shutil.copytree(reference_run / "checkpoint-20", checkpoint)
-    (checkpoint / COMPLETE_MARKER).unlink()
+    (checkpoint / CHECKPOINT_MARKER).unlink()
     assert checkpoint_problem(checkpoint) is None
     _truncate(checkpoint / "optimizer.pt")
     assert "optimizer.pt is truncated" in checkpoint_problem(checkpoint)
@@ -244,7 +227,7 @@ def test_checkpoint_without_marker_is_checked_file_by_file(reference_run, tmp_pa
 def test_restart_deletes_only_checkpoints_whose_save_was_cut_short(reference_run, tmp_path):
     for step in (10, 15, 20):
         shutil.copytree(reference_run / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
-    (tmp_path / "checkpoint-20" / COMPLETE_MARKER).unlink()
+    (tmp_path / "checkpoint-20" / CHECKPOINT_MARKER).unlink()
     (tmp_path / "checkpoint-20" / "scheduler.pt").unlink()  # killed mid-save
     (tmp_path / "checkpoint-15" / "optimizer.pt").unlink()  # saved in full without optimizer: kept, not resumed
     prepare_output_dir(tmp_path, None, overwrite=False)
@@ -269,7 +252,7 @@ def test_every_rank_rng_state_is_required(reference_run, tmp_path):
     assert checkpoint_problem(checkpoint) is None
     rng = (checkpoint / "rng_state.pth").read_bytes()
     (checkpoint / "rng_state.pth").unlink()
-    (checkpoint / COMPLETE_MARKER).unlink()  # no marker: the rank files found must be 0..N-1
+    (checkpoint / CHECKPOINT_MARKER).unlink()  # no marker: the rank files found must be 0..N-1
     (checkpoint / "rng_state_0.pth").write_bytes(rng)
     (checkpoint / "rng_state_2.pth").write_bytes(rng)  # a 3-process checkpoint without rank 1's file
     assert "rng_state_1.pth is missing" in checkpoint_problem(checkpoint)
@@ -305,14 +288,14 @@ def test_old_checkpoints_are_rotated_only_after_the_new_one_is_marked(stories_di
 
     def save_model(self, output_dir=None, _internal_call=False):
         if output_dir and "checkpoint-" in str(output_dir):
-            stale_marker_during_save.append((Path(output_dir) / COMPLETE_MARKER).exists())
+            stale_marker_during_save.append((Path(output_dir) / CHECKPOINT_MARKER).exists())
         return real_save(self, output_dir, _internal_call)
 
     class StaleMarker(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 9:  # as if an abandoned continuation had marked checkpoint-10 already
                 (Path(args.output_dir) / "checkpoint-10").mkdir()
-                (Path(args.output_dir) / "checkpoint-10" / COMPLETE_MARKER).write_text('{"files": {}}')
+                (Path(args.output_dir) / "checkpoint-10" / CHECKPOINT_MARKER).write_text('{"files": {}}')
 
     real_build_trainer = pretrain.build_trainer
 
@@ -392,3 +375,17 @@ def test_resume_skips_seen_data_without_reading_it(stories_dir, reference_run, t
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+def test_muon_resumed_from_a_checkpoint_continues_the_same_run(stories_dir, tmp_path):
+    """`--optim muon` through run_pretrain.py: Muon's momentum and AdamW's moments come back from optimizer.pt."""
+    reference = tmp_path / "reference"
+    main(run_args(stories_dir, reference, "--optim", "muon"))
+    groups = torch.load(reference / "checkpoint-10" / "optimizer.pt", weights_only=True)["param_groups"]
+    assert {group["use_muon"] for group in groups} == {True, False}
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(reference / "checkpoint-10", resumed / "checkpoint-10")
+    shutil.copy(reference / "recipe.yaml", resumed / "recipe.yaml")
+    main(run_args(stories_dir, resumed, "--optim", "muon", "--resume_from_checkpoint", str(resumed / "checkpoint-10")))
+    assert_same_run(resumed, reference)

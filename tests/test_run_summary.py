@@ -8,16 +8,9 @@ import json
 
 import pytest
 
-from recipe.data.prepare import prepare_data
-from recipe.train.lifecycle import build_pretraining_model, build_trainer, main, parse_args
-from recipe.train.run_plan import (
-    SUMMARY_FILE,
-    build_run_summary,
-    checkpoint_step,
-    estimate_wall_time,
-    format_duration,
-    format_run_summary,
-)
+from recipe.run_folder import RUN_PLAN_FILE
+from recipe.train.lifecycle import main, parse_args, prepare_training
+from recipe.train.run_plan import build_run_plan, estimate_wall_time, format_duration, format_run_plan, report_run_plan
 from tests.conftest import tiny_args
 
 
@@ -31,7 +24,7 @@ def test_dry_run_prints_the_plan_writes_run_summary_and_exits_before_training(st
     assert not (output_dir / "model.safetensors").exists()
     assert not (output_dir / "trainer_state.json").exists()
     assert not list(output_dir.glob("checkpoint-*"))
-    summary = json.loads((output_dir / SUMMARY_FILE).read_text())
+    summary = json.loads((output_dir / RUN_PLAN_FILE).read_text())
     assert summary["model"]["parameters"] > summary["model"]["non_embedding_parameters"] > 0
     assert summary["tokenizer"]["vocab_size"] == 400
     data = summary["data"]
@@ -57,16 +50,12 @@ def test_dry_run_prints_the_plan_writes_run_summary_and_exits_before_training(st
 def test_planned_steps_match_the_trainers_own_count_for_an_epoch_based_schedule(stories_dir, tmp_path, accumulation):
     extra = ["--max_steps", "-1", "--num_train_epochs", "1.5", "--max_train_samples", "150"]
     extra += ["--gradient_accumulation_steps", str(accumulation), "--estimate_wall_time", "false"]
-    model_args, data_args, training_args = parse_args(tiny_args(stories_dir, tmp_path / "epoch", *extra))
-    data = prepare_data(model_args, data_args)
-    trainer = build_trainer(
-        build_pretraining_model(model_args, data_args, data.tokenizer), data, data_args, training_args
-    )
+    trainer, plan, _ = prepare_training(parse_args(tiny_args(stories_dir, tmp_path / "epoch", *extra)))
 
-    summary = build_run_summary(trainer.model, data, model_args, data_args, training_args)
-    trainer_max_steps = trainer.set_initial_training_values(training_args, trainer.get_train_dataloader())[-1]
-    assert summary["schedule"]["total_steps"] == trainer_max_steps
-    assert 1.4 < summary["schedule"]["epochs"] <= 1.7  # the last accumulation window may be partial
+    trainer_max_steps = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+    assert plan.total_steps == trainer_max_steps
+    assert plan.schedule["warmup_steps"] == trainer.args.get_warmup_steps(trainer_max_steps)
+    assert 1.4 < plan.schedule["epochs"] <= 1.7  # the last accumulation window may be partial
 
 
 def test_durations_read_as_hours_minutes_and_seconds():
@@ -76,23 +65,22 @@ def test_durations_read_as_hours_minutes_and_seconds():
 
 
 def test_a_resumed_run_is_estimated_from_the_steps_after_its_checkpoint(stories_dir, tmp_path):
-    model_args, data_args, training_args = parse_args(tiny_args(stories_dir, tmp_path / "resumed"))
-    data = prepare_data(model_args, data_args)
-    trainer = build_trainer(
-        build_pretraining_model(model_args, data_args, data.tokenizer), data, data_args, training_args
-    )
+    recipe = parse_args(tiny_args(stories_dir, tmp_path / "resumed"))
+    trainer, _, data = prepare_training(recipe)
     checkpoint = tmp_path / "checkpoint-15"
     checkpoint.mkdir()
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 15}))
 
-    summary = build_run_summary(trainer.model, data, model_args, data_args, training_args)
-    summary["schedule"]["resume_step"] = checkpoint_step(str(checkpoint))
-    summary["estimate"] = estimate_wall_time(trainer.model, data, training_args, summary)
+    plan = build_run_plan(recipe, data, trainer.model, data.tokenizer, resume_from=str(checkpoint))
+    with contextlib.redirect_stdout(io.StringIO()) as console:
+        report_run_plan(plan, trainer.model, data, recipe.training)  # what run_pretrain.py prints and saves
 
-    estimate = summary["estimate"]
-    assert summary["schedule"]["total_steps"] == 20 and estimate["remaining_steps"] == 5
+    estimate = plan.estimate
+    assert plan.schedule["resume_step"] == 15
+    assert plan.total_steps == 20 and estimate["remaining_steps"] == 5
     assert estimate["train_seconds"] == pytest.approx(5 * estimate["seconds_per_step"], abs=0.051)  # rounded to 0.1 s
-    assert "5 steps left after step 15" in format_run_summary(summary)
-    training_args.torch_compile = True  # timed eagerly: the figure becomes an upper bound
-    summary["estimate"] = estimate_wall_time(trainer.model, data, training_args, summary)
-    assert "at most" in format_run_summary(summary) and summary["estimate"]["uncompiled_timing"]
+    assert "5 steps left after step 15" in console.getvalue()
+    assert json.loads((tmp_path / "resumed" / RUN_PLAN_FILE).read_text())["estimate"] == estimate
+    recipe.training.torch_compile = True  # timed eagerly: the figure becomes an upper bound
+    plan.estimate = estimate_wall_time(trainer.model, data, recipe.training, plan)
+    assert "at most" in format_run_plan(plan) and plan.estimate["uncompiled_timing"]

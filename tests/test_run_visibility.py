@@ -6,14 +6,16 @@ import contextlib
 import importlib.util
 import io
 import json
+import sys
 from types import SimpleNamespace
 
 import pytest
 from transformers import TrainerCallback
 
-from recipe.options.arguments import RecipeConfigError
+from recipe.errors import RecipeConfigError
+from recipe.run_folder import SAMPLES_FILE, RunFolder
 from recipe.train.lifecycle import main
-from recipe.train.sampling import SAMPLES_FILE, load_samples, log_samples_to_trackers
+from recipe.train.sampling import log_samples_to_trackers
 from tests.conftest import tiny_args, write_stories
 
 HAS_TRACKIO = importlib.util.find_spec("trackio") is not None
@@ -63,7 +65,7 @@ def test_sampling_and_the_wall_time_estimate_do_not_change_the_loss_curve(runs):
 
 
 def test_samples_are_greedy_and_sampled_for_every_prompt_every_sample_steps(runs):
-    samples = load_samples(runs.watched)
+    samples = RunFolder(runs.watched).read_samples()
     assert {(s["step"], s["prompt"], s["mode"]) for s in samples} == {
         (step, prompt, mode) for step in (5, 10, 15, 20) for prompt in PROMPTS for mode in ("greedy", "sampled")
     }
@@ -77,11 +79,11 @@ def test_samples_are_greedy_and_sampled_for_every_prompt_every_sample_steps(runs
 def test_model_card_shows_one_prompt_from_early_to_late(runs):
     from model_card.render import sample_evolution
 
-    evolution = sample_evolution(load_samples(runs.watched))
+    evolution = sample_evolution(RunFolder(runs.watched).read_samples())
     assert evolution["prompt"] == PROMPTS[0] and evolution["mode"] == "greedy"
     steps = [entry["step"] for entry in evolution["entries"]]
     assert steps[0] == 5 and steps[-1] == 20
-    assert load_samples(runs.plain) == []
+    assert RunFolder(runs.plain).read_samples() == []
 
 
 def test_tensorboard_holds_loss_throughput_mfu_and_samples(runs):
@@ -115,7 +117,7 @@ def test_training_progress_bar_shows_tokens_per_second(runs):
     assert "Tokenizing and packing train" in runs.bars
 
 
-def test_samples_reach_wandb_as_a_table_and_a_failing_tracker_is_not_fatal():
+def test_samples_reach_wandb_as_a_table_and_a_failing_tracker_is_not_fatal(monkeypatch):
     logged = []
 
     class FakeWandb:
@@ -130,7 +132,9 @@ def test_samples_reach_wandb_as_a_table_and_a_failing_tracker_is_not_fatal():
             logged.append(payload)
 
     class WandbCallback(TrainerCallback):
-        _wandb = FakeWandb
+        pass
+
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb)  # the module the W&B callback logs with
 
     class ClosedWriter:
         def add_text(self, *args, **kwargs):
@@ -166,7 +170,7 @@ def test_a_resumed_run_keeps_the_samples_up_to_its_checkpoint(tmp_path):
     callback = SampleGenerationCallback(["p"], every_steps=5, output_dir=tmp_path)
     state = TrainerState(global_step=10)
     callback.on_step_begin(None, state, TrainerControl())
-    assert [s["step"] for s in load_samples(tmp_path)] == [5, 10]
+    assert [s["step"] for s in RunFolder(tmp_path).read_samples()] == [5, 10]
     fresh = SampleGenerationCallback(["p"], every_steps=5, output_dir=tmp_path)
     fresh.on_step_begin(None, TrainerState(global_step=0), TrainerControl())
-    assert load_samples(tmp_path) == []
+    assert RunFolder(tmp_path).read_samples() == []

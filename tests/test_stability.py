@@ -81,7 +81,7 @@ def test_nan_loss_skip_option_drops_that_update_and_finishes(stories_dir, tmp_pa
 
 
 def test_gradient_clipping_is_on_by_default(tmp_path):
-    assert parse_args(["--output_dir", str(tmp_path)])[2].max_grad_norm == 1.0
+    assert parse_args(["--output_dir", str(tmp_path)]).training.max_grad_norm == 1.0
 
 
 def _model_with_grads(grad_value: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from recipe.run_folder import TIME_BUDGET_FILE
 from recipe.train.lifecycle import main
-from recipe.train.time_budget import BUDGET_FILE, TrainingBudgetCallback, read_spent_seconds
+from recipe.train.time_budget import TrainingBudgetCallback, read_spent_seconds
 from tests.conftest import tiny_args
 
 SECONDS_PER_STEP = 6.0  # a fake clock: the 1-minute budget ends after 10 of the 1,000 configured steps
@@ -47,7 +48,7 @@ def test_time_fitted_schedule_ends_decayed_at_the_deadline(stories_dir, tmp_path
     rates = [r["learning_rate"] for r in records[2:]]
     assert all(b <= a for a, b in zip(rates, rates[1:])), "the decay never rises"
     checkpoint = tmp_path / "fitted" / "checkpoint-10"
-    assert (checkpoint / BUDGET_FILE).is_file()
+    assert (checkpoint / TIME_BUDGET_FILE).is_file()
     assert read_spent_seconds(str(checkpoint)) == pytest.approx(60.0), "a resumed run continues the same budget"
 
 

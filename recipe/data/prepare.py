@@ -18,7 +18,9 @@ from transformers import PreTrainedTokenizerBase
 from recipe.data.packing import pack_documents
 from recipe.data.sources import load_documents
 from recipe.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe_tokenizer
-from recipe.options.arguments import DataArguments, ModelArguments, RecipeConfigError
+from recipe.errors import RecipeConfigError
+from recipe.model.finetune import load_init_tokenizer
+from recipe.options.arguments import DataArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -37,29 +39,47 @@ class PreparedData:
 def prepare_data(
     model_args: ModelArguments,
     data_args: DataArguments,
+    resume_from: str | None = None,
     main_process_first: AbstractContextManager | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> PreparedData:
-    """Load documents, get the tokenizer, pack both splits; the main process does the work first so the
+    """Load documents, decide the tokenizer, pack both splits; the main process does the work first so the
     other ranks read its caches."""
-    _check_data_args(data_args)
-    first = main_process_first or nullcontext()
-    with first:
-        raw = load_documents(data_args)
-        raw = _limit(raw, data_args)
-        if tokenizer is None:
-            tokenizer = get_tokenizer(model_args, data_args, raw["train"])
-        train = pack_split(raw["train"], tokenizer, data_args, "train")
-        validation = pack_split(raw["validation"], tokenizer, data_args, "validation")
-    stats = _stats(raw, train, validation, data_args)
+    with main_process_first or nullcontext():
+        documents = load_training_documents(data_args)
+        tokenizer = choose_tokenizer(model_args, data_args, documents["train"], resume_from)
+        return pack_corpus(documents, tokenizer, data_args)
+
+
+def load_training_documents(data_args: DataArguments) -> dict[str, Dataset | IterableDataset]:
+    """The train and validation documents, limited to `max_train_samples` / `max_eval_samples`."""
+    return _limit(load_documents(data_args), data_args)
+
+
+def pack_corpus(
+    documents: dict[str, Dataset | IterableDataset], tokenizer: PreTrainedTokenizerBase, data_args: DataArguments
+) -> PreparedData:
+    """Both splits tokenized and packed into rows of `block_size`, with their statistics."""
+    train = pack_split(documents["train"], tokenizer, data_args, "train")
+    validation = pack_split(documents["validation"], tokenizer, data_args, "validation")
+    stats = _stats(documents, train, validation, data_args)
     return PreparedData(tokenizer=tokenizer, train=train, validation=validation, stats=stats)
 
 
-def get_tokenizer(
-    model_args: ModelArguments, data_args: DataArguments, train: Dataset | IterableDataset
+def choose_tokenizer(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    train: Dataset | IterableDataset,
+    resume_from: str | None = None,
 ) -> PreTrainedTokenizerBase:
+    """The one place a run's tokenizer is decided: the `init_from` checkpoint's own (its ids are the ones the
+    embeddings learned), `tokenizer_name_or_path`, the BPE a resumed run trained (saved in its checkpoint), or a
+    new byte-level BPE trained on the training split (cached by the split's fingerprint)."""
+    if model_args.init_from:
+        return load_init_tokenizer(model_args.init_from)
     if model_args.tokenizer_name_or_path:
         return load_tokenizer(model_args.tokenizer_name_or_path)
+    if resume_from:
+        return load_tokenizer(resume_from)
     limit = model_args.tokenizer_train_documents
     if isinstance(train, IterableDataset):
         return train_bpe_tokenizer(
@@ -139,15 +159,6 @@ def _limit(raw, data_args: DataArguments):
             else dataset.select(range(min(limit, len(dataset))))
         )
     return raw
-
-
-def _check_data_args(data_args: DataArguments) -> None:
-    if data_args.block_size < 2:
-        raise RecipeConfigError(f"block_size ({data_args.block_size}) must be at least 2.")
-    for name in ("max_train_samples", "max_eval_samples"):
-        value = getattr(data_args, name)
-        if value is not None and value < 1:
-            raise RecipeConfigError(f"{name} ({value}) must be positive, or unset to use all documents.")
 
 
 def _stats(raw, train, validation, data_args: DataArguments) -> dict[str, Any]:

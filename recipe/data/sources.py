@@ -22,7 +22,8 @@ from datasets import (
 from datasets.data_files import get_data_patterns
 from datasets.exceptions import DatasetNotFoundError
 
-from recipe.options.arguments import DataArguments, RecipeConfigError
+from recipe.errors import RecipeConfigError
+from recipe.options.arguments import DataArguments
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 _COMPRESSION = {".gz": gzip.open, ".xz": lzma.open}

@@ -13,20 +13,17 @@ from collections.abc import Iterator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from recipe.options.arguments import RecipeConfigError
+from recipe.errors import RecipeConfigError
 
 logger = logging.getLogger(__name__)
 
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 _LARGE_MAX_LENGTH = 1_000_000_000
+MIN_TRAINED_VOCAB_SIZE = 300  # 256 byte tokens, 4 specials, and room for merges (checked in recipe.options.checks)
 
 
 def train_bpe_tokenizer(texts: Iterator[str], vocab_size: int, length: int | None = None) -> PreTrainedTokenizerFast:
     """Byte-level BPE (no unknown bytes) with Gemma's special-token ids: pad 0, eos 1, bos 2, unk 3."""
-    if vocab_size < 300:
-        raise RecipeConfigError(
-            f"tokenizer_vocab_size ({vocab_size}) must be at least 300: 256 byte tokens, specials and merges."
-        )
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()

@@ -19,13 +19,10 @@ from recipe.evaluation.completions import SamplingConfig, generate_completions, 
 from recipe.evaluation.generation_metrics import generation_metrics, sample_metrics
 from recipe.evaluation.heldout import heldout_from_eval_metrics, heldout_metrics
 from recipe.evaluation.judge import CRITERIA, LLMJudge
+from recipe.run_folder import COMPLETIONS_FILE, COMPLETIONS_MARKDOWN, RESULTS_FILE, RunFolder
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-COMPLETIONS_FILE = "completions.json"
-COMPLETIONS_MARKDOWN = "completions.md"
-EVALUATION_FOLDER = "evaluation"
 
 # At the end of training: a glance at the model's stories that costs seconds, not minutes; 256 new tokens leave
 # room for a whole TinyStories story (~200 tokens), so whether the model ends its stories shows.
@@ -148,7 +145,7 @@ def evaluate_after_training(trainer, eval_metrics: dict, dataset_name: str) -> d
         batch_size=args.per_device_eval_batch_size,
         bf16=bool(args.bf16),
     )
-    paths = write_results(results, Path(args.output_dir) / EVALUATION_FOLDER)
+    paths = write_results(results, RunFolder(args.output_dir).evaluation_folder)
     logger.info("End-of-training evaluation:\n%s\nWritten to %s", metrics_table(results), paths["results"].parent)
     return paths
 

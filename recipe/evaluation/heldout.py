@@ -14,7 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from recipe.data.packing import IGNORE_INDEX, collate_packed_rows
 from recipe.data.prepare import bytes_per_target, pack_split
 from recipe.data.sources import load_heldout_documents
-from recipe.options.arguments import DataArguments, RecipeConfigError
+from recipe.errors import RecipeConfigError
+from recipe.options.arguments import DataArguments
 
 LN2 = math.log(2.0)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from huggingface_hub import InferenceClient
 
-from recipe.options.arguments import RecipeConfigError
+from recipe.errors import RecipeConfigError
 
 logger = logging.getLogger(__name__)
 

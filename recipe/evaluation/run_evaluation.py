@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
+from model_card import write_model_card
+from recipe.errors import RecipeConfigError
 from recipe.evaluation.completions import SamplingConfig, load_prompts
-from recipe.evaluation.evaluate_model import EVALUATION_FOLDER, evaluate_model, metrics_table, write_results
+from recipe.evaluation.evaluate_model import evaluate_model, metrics_table, write_results
 from recipe.evaluation.heldout import load_heldout_split
 from recipe.evaluation.judge import LLMJudge
-from recipe.options.arguments import DataArguments, RecipeConfigError, bf16_supported
+from recipe.options.arguments import DataArguments, bf16_supported
 from recipe.options.parser import RecipeParser
+from recipe.run_folder import EVALUATION_FOLDER, RunFolder
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
 DEFAULT_BLOCK_SIZE = 256
 JUDGE_API_KEY_ENV = "JUDGE_API_KEY"
 
@@ -119,7 +118,7 @@ def load_model_and_tokenizer(name_or_path: str) -> tuple[PreTrainedModel, PreTra
         raise RecipeConfigError(
             f"model_name_or_path `{name_or_path}` does not exist: give a trained model folder or a Hub model id."
         )
-    if (folder / ADAPTER_CONFIG).is_file():
+    if RunFolder(folder).is_adapter:
         from peft import AutoPeftModelForCausalLM, PeftConfig
 
         model = AutoPeftModelForCausalLM.from_pretrained(name_or_path)
@@ -137,37 +136,21 @@ def load_model_and_tokenizer(name_or_path: str) -> tuple[PreTrainedModel, PreTra
 
 def training_block_size(name_or_path: str) -> int:
     """The block size the model was trained with (from its `recipe.yaml`), so held-out rows match training."""
-    recipe = Path(name_or_path) / "recipe.yaml"
-    if recipe.is_file():
-        block_size = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("block_size")
-        if isinstance(block_size, int):
-            return block_size
-    return DEFAULT_BLOCK_SIZE
+    block_size = (RunFolder(name_or_path).read_recipe() or {}).get("block_size")
+    return block_size if isinstance(block_size, int) else DEFAULT_BLOCK_SIZE
 
 
 def default_output_dir(name_or_path: str) -> Path:
     if Path(name_or_path).is_dir():
-        return Path(name_or_path) / EVALUATION_FOLDER
+        return RunFolder(name_or_path).evaluation_folder
     return Path("outputs") / EVALUATION_FOLDER / name_or_path.replace("/", "--")
 
 
 def update_model_card(model_folder: str) -> None:
-    """Rewrite the card through the `model_card` package, imported only when asked for."""
+    """Rewrite the card, which now shows the new `evaluation/` results."""
     if not Path(model_folder).is_dir():
         raise RecipeConfigError(f"--update_card needs a local model folder; `{model_folder}` is not one.")
-    _import_model_card().write_model_card(model_folder)
-
-
-def _import_model_card() -> ModuleType:
-    try:
-        return importlib.import_module("model_card")
-    except ModuleNotFoundError as error:
-        if error.name != "model_card":
-            raise
-        raise RecipeConfigError(
-            "--update_card needs the `model_card` package of this repository, which cannot be imported. Run from "
-            "the repository root (or `pip install -e .`), or leave out --update_card."
-        ) from error
+    write_model_card(model_folder)
 
 
 def _check_card_inputs(args: EvalArguments, output_dir: Path) -> None:
@@ -181,7 +164,6 @@ def _check_card_inputs(args: EvalArguments, output_dir: Path) -> None:
             f"--update_card reads the results from {expected}, but --output_dir is {output_dir}. Leave out "
             "--output_dir or --update_card."
         )
-    _import_model_card()
 
 
 def run_evaluation(args: EvalArguments) -> dict:

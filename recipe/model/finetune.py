@@ -6,7 +6,6 @@ options are refused together with `init_from` rather than silently ignored.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,46 +16,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from recipe.data.tokenizer import prepare_tokenizer
-from recipe.model.presets import ARCHITECTURE_OPTIONS
-from recipe.options.arguments import ModelArguments, RecipeConfigError
+from recipe.errors import RecipeConfigError
+from recipe.options.arguments import ModelArguments
+from recipe.run_folder import MERGED_FOLDER, RunFolder
 
 logger = logging.getLogger(__name__)
-
-BASE_MODEL_EVAL_FILE = "base_model_eval.json"
-MERGED_FOLDER = "merged"
-
-# Options that describe an architecture or a tokenizer to build: the `init_from` checkpoint already has both.
-CONFLICTS_WITH_INIT_FROM = (
-    "model_preset",
-    *ARCHITECTURE_OPTIONS,
-    "model_config_overrides",
-    "tokenizer_name_or_path",
-    "tokenizer_vocab_size",
-    "tokenizer_train_documents",
-)
-
-
-def check_finetuning_args(model_args: ModelArguments) -> None:
-    """Fail at start-up, before any data work, on options that cannot go together or a wrong `init_from`."""
-    if not model_args.init_from:
-        if model_args.use_peft:
-            raise RecipeConfigError(
-                "use_peft trains adapters on a trained model: set init_from to a causal LM folder or Hub id "
-                "(e.g. the output_dir of a pretraining run), or drop use_peft to pretrain from scratch."
-            )
-        return
-    explicit = getattr(model_args, "_explicit_keys", set())
-    conflicts = [name for name in CONFLICTS_WITH_INIT_FROM if name in explicit]
-    if conflicts:
-        raise RecipeConfigError(
-            f"init_from `{model_args.init_from}` fixes the architecture and the tokenizer, so "
-            f"{', '.join(conflicts)} cannot be given with it. Remove {'them' if len(conflicts) > 1 else 'it'} "
-            "from the recipe and the command line (a new tokenizer would not match the trained embeddings)."
-        )
-    load_init_config(model_args.init_from)
-    if model_args.use_peft and model_args.lora_r < 1:
-        raise RecipeConfigError(f"lora_r ({model_args.lora_r}) must be a positive rank, e.g. 16.")
-
 
 def load_init_config(init_from: str):
     """The checkpoint's config, after checking that it describes a causal language model."""
@@ -154,17 +118,17 @@ def evaluate_base_model(trainer, base_model: str, resuming: bool = False) -> dic
     Called before the first step: LoRA's B matrices start at zero and full fine-tuning has not moved any
     weight yet, so this is exactly the base model. A resumed run reuses the saved numbers.
     """
-    path = Path(trainer.args.output_dir) / BASE_MODEL_EVAL_FILE
-    if resuming and path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
+    folder = RunFolder(trainer.args.output_dir)
+    saved = folder.read_base_model_eval() if resuming else None
+    if saved is not None:
+        return saved
     if trainer.eval_dataset is None:
         return {}
     metrics = trainer.evaluate(metric_key_prefix="eval")
     trainer.log_metrics("base_model_eval", metrics)
     record = {"base_model": base_model, **metrics}
     if trainer.is_world_process_zero():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        folder.write_base_model_eval(record)
     return record
 
 
@@ -175,7 +139,7 @@ def save_merged_model(adapter_dir: str | Path, tokenizer: PreTrainedTokenizerBas
     """
     model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype=torch.float32, trust_remote_code=False)
     merged = model.merge_and_unload()
-    folder = Path(adapter_dir) / MERGED_FOLDER
+    folder = RunFolder(adapter_dir).merged_folder
     merged.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     logger.info("Merged base model and adapter into %s", folder)
@@ -186,10 +150,3 @@ def resolve_init_from(init_from: str) -> str:
     """Local folders become absolute paths, so the adapter's `base_model_name_or_path` works from any directory."""
     path = Path(init_from).expanduser()
     return str(path.resolve()) if path.is_dir() else init_from
-
-
-def without_options_fixed_by_init_from(recipe: dict[str, Any]) -> dict[str, Any]:
-    """A saved recipe without the architecture and tokenizer options that `init_from` replaced (and would refuse)."""
-    if not recipe.get("init_from"):
-        return recipe
-    return {key: value for key, value in recipe.items() if key not in CONFLICTS_WITH_INIT_FROM}

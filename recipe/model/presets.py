@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerBase
 
-from recipe.options.arguments import ModelArguments, RecipeConfigError
+from recipe.errors import RecipeConfigError
+from recipe.options.arguments import ModelArguments
+from recipe.options.recipe import ARCHITECTURE_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -58,17 +60,6 @@ PRESETS: dict[str, Gemma3Preset] = {
     ),
 }
 
-ARCHITECTURE_OPTIONS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "sliding_window",
-    "sliding_window_pattern",
-    "max_position_embeddings",
-)
 
 
 def resolve_preset(model_args: ModelArguments) -> Gemma3Preset:
@@ -89,11 +80,6 @@ def build_model_config(model_args: ModelArguments, tokenizer: PreTrainedTokenize
     rope_local = preset.pop("rope_local_base_freq")
     pattern = preset.pop("sliding_window_pattern")
     extra = dict(_parse_overrides(model_args.model_config_overrides))
-    if preset["num_attention_heads"] % preset["num_key_value_heads"]:
-        raise RecipeConfigError(
-            f"num_attention_heads ({preset['num_attention_heads']}) must be a multiple of num_key_value_heads "
-            f"({preset['num_key_value_heads']})."
-        )
     layer_types = [
         "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(preset["num_hidden_layers"])
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from recipe.options.arguments import RecipeConfigError
+from recipe.errors import RecipeConfigError
 
 
 def compile_decoder_layers(model: nn.Module, **compile_kwargs) -> int:

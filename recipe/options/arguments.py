@@ -6,17 +6,16 @@ whole recipe. The training dataclass extends `TrainingArguments`, so every Train
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
 
 import torch
-from transformers import TrainingArguments, get_scheduler
+from transformers import TrainingArguments
 
-
-class RecipeConfigError(ValueError):
-    """A recipe option or input is wrong; the message names it and says what to do."""
+from recipe.errors import RecipeConfigError
+from recipe.options.schedule import DEFAULT_MIN_LR_RATE, parse_scheduler_kwargs, scheduler_name
+from recipe.train.muon import MUON_ADJUST_LR_FN, MUON_MOMENTUM, MUON_NESTEROV, MUON_NS_STEPS
 
 
 @dataclass
@@ -141,6 +140,10 @@ class DataArguments:
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize even when a packed cache exists."})
 
 
+LOSS_IMPLEMENTATIONS = ("default", "chunked")
+MUON = "muon"
+
+
 @dataclass
 class PretrainingArguments(TrainingArguments):
     """`TrainingArguments` with pretraining defaults and the recipe's own options."""
@@ -178,7 +181,39 @@ class PretrainingArguments(TrainingArguments):
         default=0.05,
         metadata={"help": "Linear warmup: an integer number of steps, or a float in [0, 1) as a share of the run."},
     )
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    optim: str = field(
+        default=TrainingArguments.default_optim,
+        metadata={
+            "help": "Optimizer: any of the Trainer's (`adamw_torch_fused`, `adamw_torch`, ...), or `muon`: Muon "
+            "(torch.optim.Muon: orthogonalised momentum) on the hidden matrices (attention and MLP projections) and "
+            "AdamW on embeddings, norms and the rest, one schedule for both; see the muon_* options."
+        },
+    )
+    weight_decay: float = field(
+        default=0.1, metadata={"help": "AdamW weight decay (and Muon's, unless muon_weight_decay)."}
+    )
+    muon_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the Muon matrices (default: learning_rate; with muon_adjust_lr_fn "
+            "`match_rms_adamw` Muon's update is scaled to AdamW's size, so one rate serves both)."
+        },
+    )
+    muon_weight_decay: float | None = field(
+        default=None, metadata={"help": "Decoupled weight decay of the Muon matrices (default: weight_decay)."}
+    )
+    muon_momentum: float = field(default=MUON_MOMENTUM, metadata={"help": "Muon momentum."})
+    muon_nesterov: bool = field(default=MUON_NESTEROV, metadata={"help": "Nesterov momentum in Muon."})
+    muon_ns_steps: int = field(
+        default=MUON_NS_STEPS, metadata={"help": "Newton-Schulz iterations that orthogonalise each Muon update."}
+    )
+    muon_adjust_lr_fn: str = field(
+        default=MUON_ADJUST_LR_FN,
+        metadata={
+            "help": "How Muon scales its step per matrix shape: `match_rms_adamw` (0.2 x sqrt(max(rows, cols)), "
+            "Moonlight) or `original` (sqrt(max(1, rows / cols)), Keller Jordan's)."
+        },
+    )
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
     bf16: bool | None = field(
         default=None,
@@ -285,6 +320,8 @@ class PretrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        """Normalise values only (checks run in `recipe.options.checks`, before any data is read); fp16 is refused
+        here because `TrainingArguments.__post_init__` would otherwise fail on it first, with a GPU message."""
         if self.fp16:
             raise RecipeConfigError(
                 "fp16 is not supported: Gemma 3 activations overflow in fp16. Use `bf16: true` (the default where "
@@ -301,123 +338,17 @@ class PretrainingArguments(TrainingArguments):
             self.torch_compile = torch_compile_default(self)[0]
         if isinstance(self.report_to, str) and "," in self.report_to:  # `--report_to tensorboard,trackio`
             self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
-        self._set_min_lr_schedule()
-        self._check_fast_path()
-        self._move_hub_token_to_environment()
-        super().__post_init__()
-
-    def _move_hub_token_to_environment(self) -> None:
-        """`training_args.bin` is a pickle of these arguments and is pushed with the model: a `hub_token` kept here
-        would be published with it. The Hub client reads `HF_TOKEN` from the environment, so the token goes there."""
-        if self.hub_token:
-            os.environ["HF_TOKEN"] = self.hub_token
-            self.hub_token = None
-
-    def _check_fast_path(self) -> None:
-        if self.loss_implementation not in ("default", "chunked"):
-            raise RecipeConfigError(
-                f"loss_implementation `{self.loss_implementation}` is unknown: use `default` or `chunked`."
-            )
-        if self.loss_chunk_size < 1:
-            raise RecipeConfigError(f"loss_chunk_size ({self.loss_chunk_size}) must be positive.")
-        if self.loss_implementation == "chunked" and self.use_liger_kernel:
-            raise RecipeConfigError(
-                "loss_implementation `chunked` and use_liger_kernel both replace the model's loss: choose one."
-            )
-        if self.compile_decoder and (self.torch_compile or self.torch_compile_backend or self.torch_compile_mode):
-            raise RecipeConfigError(
-                "compile_decoder compiles the decoder layers and torch_compile the whole model: choose one "
-                "(unset torch_compile, torch_compile_backend and torch_compile_mode to use compile_decoder)."
-            )
-
-    def _set_min_lr_schedule(self) -> None:
-        """Parse `lr_scheduler_kwargs` (a JSON string from the command line) and carry `min_lr`/`min_lr_rate` into
-        the kwargs of the scheduler that has a floor; whether the resulting schedule ever rises is checked by
-        `validation.check_schedule_shape` on the real scheduler."""
-        kwargs = parse_scheduler_kwargs(self.lr_scheduler_kwargs)
-        if self.min_lr is not None and self.min_lr > self.learning_rate:
-            raise RecipeConfigError(
-                f"min_lr ({self.min_lr:g}) must not exceed learning_rate ({self.learning_rate:g}): the schedule "
-                "would rise during training. Lower min_lr or use min_lr_rate (a fraction of the peak)."
-            )
-        if self.min_lr_rate is not None and not 0.0 <= self.min_lr_rate <= 1.0:
-            raise RecipeConfigError(f"min_lr_rate ({self.min_lr_rate:g}) must lie in [0, 1].")
-        if self.min_lr is not None and self.min_lr_rate is not None:
-            raise RecipeConfigError("min_lr and min_lr_rate both set the final learning rate: give one of them.")
-        scheduler = scheduler_name(self)
-        if scheduler == "cosine_with_min_lr":
-            if self.min_lr is not None:
-                kwargs.pop("min_lr_rate", None)
-                kwargs["min_lr"] = self.min_lr
-            elif self.min_lr_rate is not None:
-                kwargs.pop("min_lr", None)
-                kwargs["min_lr_rate"] = self.min_lr_rate
-            elif "min_lr" not in kwargs and "min_lr_rate" not in kwargs:
+        self.lr_scheduler_kwargs = parse_scheduler_kwargs(self.lr_scheduler_kwargs)
+        muon = str(self.optim) == MUON  # the Trainer knows no `muon`: it builds AdamW, `PretrainTrainer` Muon
+        if scheduler_name(self) == "cosine_with_min_lr" and self.min_lr is None and self.min_lr_rate is None:
+            kwargs = self.lr_scheduler_kwargs
+            if "min_lr" not in kwargs and "min_lr_rate" not in kwargs:
                 self.min_lr_rate = DEFAULT_MIN_LR_RATE  # recorded in recipe.yaml and the card
-                kwargs["min_lr_rate"] = DEFAULT_MIN_LR_RATE
-        elif scheduler == "warmup_stable_decay":
-            if self.min_lr is not None:
-                kwargs["min_lr_ratio"] = self.min_lr / self.learning_rate
-            elif self.min_lr_rate is not None:
-                kwargs["min_lr_ratio"] = self.min_lr_rate
-        elif self.min_lr is not None or self.min_lr_rate is not None:
-            name = "min_lr" if self.min_lr is not None else "min_lr_rate"
-            raise RecipeConfigError(
-                f"{name} has no effect with lr_scheduler_type `{scheduler}`, which has no floor: use "
-                f"`cosine_with_min_lr` or `warmup_stable_decay`, or drop {name}."
-            )
-        self.lr_scheduler_kwargs = kwargs
-
-
-DEFAULT_MIN_LR_RATE = 0.1
-
-
-def parse_scheduler_kwargs(value: dict | str | None) -> dict:
-    """`lr_scheduler_kwargs` as a dict: YAML gives a mapping, the command line a JSON string."""
-    if value is None or value == "":
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise RecipeConfigError(
-            f"lr_scheduler_kwargs `{value}` is not JSON ({error.msg}): write it as '{{\"min_lr_rate\": 0.1}}'."
-        ) from error
-    if not isinstance(parsed, dict):
-        raise RecipeConfigError(
-            f"lr_scheduler_kwargs `{value}` must be a JSON object such as '{{\"num_cycles\": 0.5}}'."
-        )
-    return parsed
-
-
-def scheduler_kwargs_for(args: TrainingArguments, num_training_steps: int) -> dict:
-    """`lr_scheduler_kwargs` for a run of `num_training_steps`: `num_decay_steps` of `warmup_stable_decay` may be
-    a share of the run (0.2: the last 20%), as `warmup_steps` may."""
-    kwargs = dict(args.lr_scheduler_kwargs or {})
-    decay = kwargs.get("num_decay_steps")
-    if isinstance(decay, float) and 0 < decay < 1:
-        kwargs["num_decay_steps"] = max(1, round(decay * num_training_steps))
-    return kwargs
-
-
-def scheduler_name(args: TrainingArguments) -> str:
-    """`lr_scheduler_type` as its plain name (TrainingArguments turns it into a `SchedulerType`)."""
-    return str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
-
-
-def build_lr_scheduler(
-    args: TrainingArguments, optimizer: torch.optim.Optimizer, num_training_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """The schedule a run of `num_training_steps` trains with: the Trainer's construction, with the recipe's
-    `scheduler_kwargs_for`. The trainer and the shape check both build it here, so what is checked is what runs."""
-    return get_scheduler(
-        scheduler_name(args),
-        optimizer=optimizer,
-        num_warmup_steps=args.get_warmup_steps(num_training_steps),
-        num_training_steps=num_training_steps,
-        scheduler_specific_kwargs=scheduler_kwargs_for(args, num_training_steps),
-    )
+        if muon:
+            self.optim = "adamw_torch"
+        super().__post_init__()
+        if muon:
+            self.optim = MUON
 
 
 CXX_COMPILERS = ("c++", "g++", "clang++")

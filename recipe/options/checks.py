@@ -1,12 +1,10 @@
-"""Checks that fail in seconds, before data preparation or the first step, on what a recipe can get wrong.
-
-Each error names the option (or file) and what to do. Checks that need only the options run before any data
-is read (`check_recipe`); the few that need the data or the model run right after those are built.
+"""Every check the options alone decide, in one pass before any data is read: each fails in seconds and names
+the option (or file) and what to do. The two checks that need the packed data or the built model
+(`check_planned_schedule`, `check_vocab_fits`) run right after those exist, before the first step.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from dataclasses import fields
@@ -19,17 +17,21 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from recipe.data.tokenizer import MIN_TRAINED_VOCAB_SIZE
+from recipe.errors import RecipeConfigError
+from recipe.model.finetune import load_init_config
 from recipe.model.presets import Gemma3Preset, _parse_overrides, resolve_preset
 from recipe.options.arguments import (
+    LOSS_IMPLEMENTATIONS,
+    MUON,
     DataArguments,
     ModelArguments,
-    RecipeConfigError,
-    build_lr_scheduler,
     cpu_compiler_found,
-    scheduler_kwargs_for,
-    scheduler_name,
     uses_compilation,
 )
+from recipe.options.recipe import CONFLICTS_WITH_INIT_FROM, Recipe
+from recipe.options.schedule import SCHEDULES_WITH_FLOOR, build_lr_scheduler, scheduler_kwargs_for, scheduler_name
+from recipe.train.muon import MUON_ADJUST_LR_FNS
 from recipe.train.stability import NONFINITE_ACTIONS
 
 # Gemma3TextConfig fields that the preset or the tokenizer fill in; vocab_size may be raised (padded).
@@ -43,18 +45,26 @@ _SET_BY_RECIPE = {f.name for f in fields(Gemma3Preset)} - {"rope_theta", "rope_l
 }
 
 
-def check_recipe(model_args: ModelArguments, data_args: DataArguments, training_args: Any) -> None:
+def check_recipe(recipe: Recipe) -> None:
     """Everything that can be checked from the options alone."""
+    model_args, data_args, training_args = recipe.model, recipe.data, recipe.training
     _check_batch(training_args)
+    _check_data(data_args)
     _check_schedule(training_args)
+    _check_fast_path(training_args)
+    _check_optimizer(recipe)
+    _check_init_from(recipe)
     if not model_args.init_from:
         _check_architecture(model_args, data_args)
+        _check_tokenizer(model_args)
     _check_attention(model_args, data_args, training_args)
     if training_args.nonfinite_loss_action not in NONFINITE_ACTIONS:
         raise RecipeConfigError(
             f"nonfinite_loss_action `{training_args.nonfinite_loss_action}` is unknown: use `stop` (raise at the "
             "first NaN/inf loss or gradient) or `skip` (drop that update)."
         )
+    if training_args.sample_steps < 0:
+        raise RecipeConfigError(f"sample_steps ({training_args.sample_steps}) must be positive, or 0 for no samples.")
     if training_args.prompts_file and not Path(training_args.prompts_file).is_file():
         raise RecipeConfigError(f"prompts_file `{training_args.prompts_file}` does not exist.")
     try:
@@ -69,13 +79,10 @@ def check_recipe(model_args: ModelArguments, data_args: DataArguments, training_
     _check_cpu_compiler(training_args)
 
 
-def check_schedule_fits_data(train_rows: int, training_args: Any) -> None:
-    """With `num_train_epochs` (no `max_steps`) the run length is known once the data is packed."""
-    if training_args.max_steps > 0 or train_rows <= 0:
+def check_planned_schedule(training_args: Any, total_steps: int | None) -> None:
+    """With `num_train_epochs` (no `max_steps`) the run length is known once the data is packed (the run plan)."""
+    if training_args.max_steps > 0 or not total_steps:
         return
-    rows_per_step = training_args.per_device_train_batch_size * training_args.world_size
-    steps_per_epoch = math.ceil(math.ceil(train_rows / rows_per_step) / training_args.gradient_accumulation_steps)
-    total_steps = math.ceil(steps_per_epoch * training_args.num_train_epochs)
     _check_warmup(
         training_args, total_steps, f"the run ({total_steps} steps of {training_args.num_train_epochs:g} epochs)"
     )
@@ -177,6 +184,7 @@ def _check_batch(training_args: Any) -> None:
 def _check_schedule(training_args: Any) -> None:
     if not training_args.learning_rate > 0:
         raise RecipeConfigError(f"learning_rate ({training_args.learning_rate:g}) must be positive, e.g. 1e-3.")
+    _check_learning_rate_floor(training_args)
     if training_args.max_steps > 0:
         run = f"the run (max_steps {training_args.max_steps})"
         _check_warmup(training_args, training_args.max_steps, run)
@@ -192,6 +200,113 @@ def _check_schedule(training_args: Any) -> None:
         raise RecipeConfigError(
             f"max_grad_norm ({training_args.max_grad_norm:g}) must be positive (1.0 is the default), or 0 to "
             "turn clipping off."
+        )
+
+
+def _check_learning_rate_floor(training_args: Any) -> None:
+    min_lr, min_lr_rate = training_args.min_lr, training_args.min_lr_rate
+    if min_lr is not None and min_lr > training_args.learning_rate:
+        raise RecipeConfigError(
+            f"min_lr ({min_lr:g}) must not exceed learning_rate ({training_args.learning_rate:g}): the schedule "
+            "would rise during training. Lower min_lr or use min_lr_rate (a fraction of the peak)."
+        )
+    if min_lr_rate is not None and not 0.0 <= min_lr_rate <= 1.0:
+        raise RecipeConfigError(f"min_lr_rate ({min_lr_rate:g}) must lie in [0, 1].")
+    if min_lr is not None and min_lr_rate is not None:
+        raise RecipeConfigError("min_lr and min_lr_rate both set the final learning rate: give one of them.")
+    scheduler = scheduler_name(training_args)
+    if scheduler not in SCHEDULES_WITH_FLOOR and (min_lr is not None or min_lr_rate is not None):
+        name = "min_lr" if min_lr is not None else "min_lr_rate"
+        raise RecipeConfigError(
+            f"{name} has no effect with lr_scheduler_type `{scheduler}`, which has no floor: use "
+            f"`cosine_with_min_lr` or `warmup_stable_decay`, or drop {name}."
+        )
+
+
+def _check_fast_path(training_args: Any) -> None:
+    if training_args.loss_implementation not in LOSS_IMPLEMENTATIONS:
+        raise RecipeConfigError(
+            f"loss_implementation `{training_args.loss_implementation}` is unknown: use `default` or `chunked`."
+        )
+    if training_args.loss_chunk_size < 1:
+        raise RecipeConfigError(f"loss_chunk_size ({training_args.loss_chunk_size}) must be positive.")
+    if training_args.loss_implementation == "chunked" and training_args.use_liger_kernel:
+        raise RecipeConfigError(
+            "loss_implementation `chunked` and use_liger_kernel both replace the model's loss: choose one."
+        )
+    # An unset torch_compile stays off with compile_decoder (torch_compile_default), so this is an explicit one.
+    if training_args.compile_decoder and (
+        training_args.torch_compile or training_args.torch_compile_backend or training_args.torch_compile_mode
+    ):
+        raise RecipeConfigError(
+            "compile_decoder compiles the decoder layers and torch_compile the whole model: choose one "
+            "(unset torch_compile, torch_compile_backend and torch_compile_mode to use compile_decoder)."
+        )
+
+
+def _check_optimizer(recipe: Recipe) -> None:
+    training_args = recipe.training
+    if str(training_args.optim) != MUON:
+        return
+    if recipe.model.use_peft:
+        raise RecipeConfigError(
+            "optim `muon` trains whole hidden matrices, and use_peft trains small LoRA adapters on a frozen model: "
+            "use optim `adamw_torch` with use_peft, or drop use_peft to train every weight with Muon."
+        )
+    if training_args.fsdp:
+        raise RecipeConfigError(
+            "optim `muon` orthogonalises each whole weight matrix, which FSDP splits across processes: use DDP "
+            "(accelerate_configs/multi_gpu.yaml) with Muon, or optim `adamw_torch` under FSDP."
+        )
+    if training_args.muon_adjust_lr_fn not in MUON_ADJUST_LR_FNS:
+        raise RecipeConfigError(
+            f"muon_adjust_lr_fn `{training_args.muon_adjust_lr_fn}` is unknown: use one of "
+            f"{', '.join(MUON_ADJUST_LR_FNS)}."
+        )
+    if training_args.muon_ns_steps < 1:
+        raise RecipeConfigError(f"muon_ns_steps ({training_args.muon_ns_steps}) must be at least 1, e.g. 5.")
+    if not 0.0 <= training_args.muon_momentum < 1.0:
+        raise RecipeConfigError(f"muon_momentum ({training_args.muon_momentum:g}) must lie in [0, 1), e.g. 0.95.")
+    if training_args.muon_learning_rate is not None and not training_args.muon_learning_rate > 0:
+        raise RecipeConfigError(f"muon_learning_rate ({training_args.muon_learning_rate:g}) must be positive.")
+
+
+def _check_data(data_args: DataArguments) -> None:
+    if data_args.block_size < 2:
+        raise RecipeConfigError(f"block_size ({data_args.block_size}) must be at least 2.")
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data_args, name)
+        if value is not None and value < 1:
+            raise RecipeConfigError(f"{name} ({value}) must be positive, or unset to use all documents.")
+
+
+def _check_init_from(recipe: Recipe) -> None:
+    """Options that cannot go together with (or without) `init_from`, and an `init_from` that is no causal LM."""
+    model_args = recipe.model
+    if not model_args.init_from:
+        if model_args.use_peft:
+            raise RecipeConfigError(
+                "use_peft trains adapters on a trained model: set init_from to a causal LM folder or Hub id "
+                "(e.g. the output_dir of a pretraining run), or drop use_peft to pretrain from scratch."
+            )
+        return
+    conflicts = [name for name in CONFLICTS_WITH_INIT_FROM if recipe.is_explicit(name)]
+    if conflicts:
+        raise RecipeConfigError(
+            f"init_from `{model_args.init_from}` fixes the architecture and the tokenizer, so "
+            f"{', '.join(conflicts)} cannot be given with it. Remove {'them' if len(conflicts) > 1 else 'it'} "
+            "from the recipe and the command line (a new tokenizer would not match the trained embeddings)."
+        )
+    load_init_config(model_args.init_from)
+    if model_args.use_peft and model_args.lora_r < 1:
+        raise RecipeConfigError(f"lora_r ({model_args.lora_r}) must be a positive rank, e.g. 16.")
+
+
+def _check_tokenizer(model_args: ModelArguments) -> None:
+    if not model_args.tokenizer_name_or_path and model_args.tokenizer_vocab_size < MIN_TRAINED_VOCAB_SIZE:
+        raise RecipeConfigError(
+            f"tokenizer_vocab_size ({model_args.tokenizer_vocab_size}) must be at least {MIN_TRAINED_VOCAB_SIZE}: "
+            "256 byte tokens, specials and merges."
         )
 
 
@@ -218,6 +333,11 @@ def _check_architecture(model_args: ModelArguments, data_args: DataArguments) ->
     if too_small:
         name, value = next(iter(too_small.items()))
         raise RecipeConfigError(f"{name} ({value}) must be at least 1.")
+    if preset.num_attention_heads % preset.num_key_value_heads:
+        raise RecipeConfigError(
+            f"num_attention_heads ({preset.num_attention_heads}) must be a multiple of num_key_value_heads "
+            f"({preset.num_key_value_heads})."
+        )
     if data_args.block_size > preset.max_position_embeddings:
         raise RecipeConfigError(
             f"block_size ({data_args.block_size}) exceeds the model's max_position_embeddings "

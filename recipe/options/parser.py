@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import enum
 import re
 import sys
 import types
@@ -16,7 +15,9 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from recipe.options.arguments import RecipeConfigError
+from recipe.errors import RecipeConfigError
+from recipe.options.arguments import DataArguments, ModelArguments, PretrainingArguments
+from recipe.options.recipe import Recipe
 
 _BARE_PERCENT = re.compile(r"%(?!\()")
 
@@ -31,6 +32,11 @@ class RecipeParser(HfArgumentParser):
                 action.help = _BARE_PERCENT.sub("%%", action.help)
 
     def parse_recipe(self, args: list[str] | None = None) -> tuple[Any, ...]:
+        """The dataclasses, filled from the YAML file and then the command line."""
+        return self.parse_with_explicit_keys(args)[0]
+
+    def parse_with_explicit_keys(self, args: list[str] | None = None) -> tuple[tuple[Any, ...], frozenset[str]]:
+        """The dataclasses, and the keys that the YAML file or the command line set."""
         args = list(sys.argv[1:] if args is None else args)
         yaml_path, args = _split_recipe_path(args)
         recipe = load_recipe_file(yaml_path) if yaml_path else {}
@@ -39,10 +45,7 @@ class RecipeParser(HfArgumentParser):
         *parsed, unused = self.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
         if unused:
             raise RecipeConfigError(self._unknown_arguments_message(unused))
-        explicit = set(recipe) | _cli_keys(args, self.option_names())
-        for obj in parsed:
-            object.__setattr__(obj, "_explicit_keys", explicit)
-        return parsed
+        return tuple(parsed), frozenset(set(recipe) | _cli_keys(args, self.option_names()))
 
     def _unknown_arguments_message(self, unused: list[str]) -> str:
         first = next((arg for arg in unused if arg.startswith("-")), unused[0])
@@ -91,31 +94,11 @@ def load_recipe_file(path: str) -> dict[str, Any]:
     return recipe
 
 
-def explicit_recipe(parsed: tuple[Any, ...]) -> dict[str, Any]:
-    """The options that the YAML file or the command line set, with their final values (never secrets)."""
-    recipe: dict[str, Any] = {}
-    for obj in parsed:
-        explicit = getattr(obj, "_explicit_keys", set())
-        # All of the recipe's own options; of the inherited Trainer options, those that were set.
-        own_options = set(vars(type(obj)).get("__annotations__", {}))
-        for f in dataclasses.fields(obj):
-            name = f.name
-            if not f.init or name.endswith("_token"):  # hub_token and the like are never written anywhere
-                continue
-            if name not in own_options and name not in explicit:
-                continue
-            recipe[name] = _plain(getattr(obj, name))
-    return recipe
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+def parse_pretraining_recipe(args: list[str] | None = None) -> Recipe:
+    """`run_pretrain.py`'s options: `<recipe.yaml> [--key value ...]`, the command line winning over the file."""
+    parser = RecipeParser((ModelArguments, DataArguments, PretrainingArguments))
+    (model_args, data_args, training_args), explicit = parser.parse_with_explicit_keys(args)
+    return Recipe(model=model_args, data=data_args, training=training_args, explicit_keys=explicit)
 
 
 def _split_recipe_path(args: list[str]) -> tuple[str | None, list[str]]:

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import zipfile
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,16 @@ from accelerate import PartialState
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from recipe.options.arguments import DataArguments, ModelArguments, RecipeConfigError
+from recipe.errors import RecipeConfigError
+from recipe.options.recipe import Recipe, default_value
+from recipe.run_folder import CHECKPOINT_MARKER, MODEL_CONFIG_FILE, RECIPE_FILE, STATE_FILE, RunFolder
 
 logger = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "checkpoint_complete.json"
-RECIPE_FILE = "recipe.yaml"
 AUTO_RESUME = ("auto", "true", "latest")
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _RNG_RANK = re.compile(r"^rng_state_(\d+)\.pth$")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
-# Options that change neither the model nor the training data: a resumed run may change them.
-_OPERATIONAL_OPTIONS = {"preprocessing_num_workers", "overwrite_cache", "max_eval_samples", "merge_adapter"}
 
 
 class CheckpointCompleteCallback(TrainerCallback):
@@ -66,16 +63,16 @@ def write_complete_marker(folder: Path, world_size: int = 1) -> None:
     """Flush every file of the checkpoint to disk, then record the files and their sizes (and how many processes
     wrote it, so every rank's RNG state is required on resume) atomically."""
     files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKPOINT_MARKER):
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
         files[path.relative_to(folder).as_posix()] = path.stat().st_size
-    temporary = folder / f".{COMPLETE_MARKER}.tmp"
+    temporary = folder / f".{CHECKPOINT_MARKER}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump({"files": files, "world_size": world_size}, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temporary, folder / COMPLETE_MARKER)
+    os.replace(temporary, folder / CHECKPOINT_MARKER)
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:
@@ -85,14 +82,14 @@ def checkpoint_problem(folder: str | Path) -> str | None:
         return "it does not exist"
     if not folder.is_dir():
         return "it is not a folder"
-    marker = folder / COMPLETE_MARKER
+    marker = folder / CHECKPOINT_MARKER
     world_size = None
     if marker.exists():
         try:
             content = json.loads(marker.read_text(encoding="utf-8"))
             recorded, world_size = content["files"], content.get("world_size")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return f"{COMPLETE_MARKER} is unreadable"
+            return f"{CHECKPOINT_MARKER} is unreadable"
         for name, size in recorded.items():
             path = folder / name
             if not path.is_file():
@@ -100,7 +97,7 @@ def checkpoint_problem(folder: str | Path) -> str | None:
             if path.stat().st_size != size:
                 return f"{name} has {path.stat().st_size} bytes where {size} were written"
     try:
-        step = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+        step = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))["global_step"]
     except FileNotFoundError:
         return "trainer_state.json is missing"
     except (OSError, ValueError, KeyError, TypeError):
@@ -141,18 +138,18 @@ def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
-def resolve_resume_checkpoint(parsed: tuple[ModelArguments, DataArguments, Any]) -> str | None:
+def resolve_resume_checkpoint(recipe: Recipe) -> str | None:
     """The checkpoint to resume from, after checking that `output_dir` holds this run (or nothing).
 
     `resume_from_checkpoint` unset or `auto`: the latest complete checkpoint in `output_dir`, if any. A path:
     that checkpoint, which must be complete. `overwrite_output_dir: true`: none, the run starts over.
     """
-    training_args = parsed[-1]
+    training_args = recipe.training
     output_dir = Path(training_args.output_dir)
     requested = training_args.resume_from_checkpoint
     auto = requested is None or str(requested).lower() in AUTO_RESUME
     if not training_args.overwrite_output_dir:
-        check_output_dir_owner(output_dir, run_identity(parsed), resume_named=not auto)
+        check_output_dir_owner(output_dir, recipe.identity(), resume_named=not auto)
     if auto:
         if training_args.overwrite_output_dir:
             return None
@@ -172,11 +169,11 @@ def resolve_resume_checkpoint(parsed: tuple[ModelArguments, DataArguments, Any])
 def check_output_dir_owner(output_dir: Path, identity: dict[str, Any], resume_named: bool = False) -> None:
     """Refuse to write into a folder that holds another run's model or checkpoints (without a recipe.yaml
     to tell, only a checkpoint named by resume_from_checkpoint vouches for it)."""
-    saved = output_dir / RECIPE_FILE
+    saved = RunFolder(output_dir).recipe_file
     if not saved.exists():
         if resume_named:
             return
-        held = [p.name for p in (output_dir / "config.json", output_dir / "trainer_state.json") if p.exists()]
+        held = [p.name for p in (output_dir / MODEL_CONFIG_FILE, output_dir / STATE_FILE) if p.exists()]
         if list_checkpoints(output_dir) or held:
             raise RecipeConfigError(
                 f"output_dir `{output_dir}` holds checkpoints or a model but no {RECIPE_FILE}, so it cannot be told "
@@ -185,30 +182,21 @@ def check_output_dir_owner(output_dir: Path, identity: dict[str, Any], resume_na
             )
         return
     try:
-        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        previous = RunFolder(output_dir).read_recipe() or {}
     except (OSError, yaml.YAMLError) as error:
         raise RecipeConfigError(
             f"{saved} is unreadable ({error}); set overwrite_output_dir: true to start over."
         ) from error
     differences = [
-        f"{name}: {previous.get(name, _default(name))!r} there, {value!r} now"
+        f"{name}: {previous.get(name, default_value(name))!r} there, {value!r} now"
         for name, value in identity.items()
-        if previous.get(name, _default(name)) != value
+        if previous.get(name, default_value(name)) != value
     ]
     if differences:
         raise RecipeConfigError(
             f"output_dir `{output_dir}` holds a different run ({'; '.join(differences)}). Use another "
             "output_dir, restore those options to resume it, or set overwrite_output_dir: true to replace it."
         )
-
-
-def run_identity(parsed: tuple[ModelArguments, DataArguments, Any]) -> dict[str, Any]:
-    """The model and data options that make two runs the same run (schedule and logging may change)."""
-    from recipe.options.parser import explicit_recipe  # the parser imports the config, not this module
-
-    names = {f.name for cls in (ModelArguments, DataArguments) for f in fields(cls)} - _OPERATIONAL_OPTIONS
-    recipe = {name: value for name, value in explicit_recipe(parsed).items() if name in names}
-    return yaml.safe_load(yaml.safe_dump(recipe))  # the values as they read back from recipe.yaml
 
 
 def prepare_output_dir(output_dir: str | Path, resume_from: str | None, overwrite: bool) -> None:
@@ -219,7 +207,7 @@ def prepare_output_dir(output_dir: str | Path, resume_from: str | None, overwrit
     will save those steps again. Otherwise those whose save was cut short (no completion marker, files missing or
     truncated), which the new run would write into.
     """
-    resumed_step = _checkpoint_step(resume_from) if resume_from is not None else None
+    resumed_step = checkpoint_step(resume_from) if resume_from is not None else None
     for step, folder in list_checkpoints(output_dir):
         if resume_from is not None and folder.resolve() == Path(resume_from).resolve():
             continue
@@ -227,25 +215,17 @@ def prepare_output_dir(output_dir: str | Path, resume_from: str | None, overwrit
             logger.warning("overwrite_output_dir: deleting %s of the previous run.", folder)
         elif resumed_step is not None and step > resumed_step:
             logger.warning("Deleting %s: the run resumes from step %d, so it is abandoned.", folder, resumed_step)
-        elif not (folder / COMPLETE_MARKER).exists() and checkpoint_problem(folder) is not None:
+        elif not (folder / CHECKPOINT_MARKER).exists() and checkpoint_problem(folder) is not None:
             logger.warning("Deleting %s: its save was cut short.", folder)
         else:
             continue
         shutil.rmtree(folder)
 
 
-def _checkpoint_step(checkpoint: str) -> int:
+def checkpoint_step(checkpoint: str) -> int:
     """The global step a checkpoint was saved at (its trainer_state.json, which checkpoint_problem has read)."""
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    state = json.loads((Path(checkpoint) / STATE_FILE).read_text(encoding="utf-8"))
     return int(state["global_step"])
-
-
-def _default(name: str) -> Any:
-    for cls in (ModelArguments, DataArguments):
-        for f in fields(cls):
-            if f.name == name:
-                return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
-    return None
 
 
 def _rng_state_problem(folder: Path, world_size: int | None) -> str | None:

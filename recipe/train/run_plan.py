@@ -1,74 +1,84 @@
-"""The start-up summary: what a run will cost, printed before the first step and kept as `run_summary.json`.
+"""The run plan: the run's arithmetic, computed once after data preparation, printed before the first step and
+kept as `run_summary.json`.
 
-A pretraining run is hours of waiting; the summary says up front how many tokens and steps it will take,
-how many epochs that is over the data, and how long it should last, timed on the real model and batch.
+A pretraining run is hours of waiting; the plan says up front how many tokens and steps it will take, how many
+epochs that is over the data, and how long it should last, timed on the real model and batch. The callbacks
+(tokens per step), the schedule check (total steps) and the model card (tokens per step, warmup, parameters,
+precision) all read these figures instead of working them out again.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import statistics
 import time
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 from recipe.data.packing import collate_packed_rows
 from recipe.data.prepare import PreparedData
 from recipe.model.presets import count_parameters
-from recipe.options.arguments import DataArguments, ModelArguments, PretrainingArguments, uses_compilation
+from recipe.options.arguments import uses_compilation
+from recipe.options.recipe import Recipe
+from recipe.run_folder import RunFolder
+from recipe.train.checkpoints import checkpoint_step
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "run_summary.json"
 _WARMUP_PASSES = 1
 _FORWARD_BACKWARD_OVER_FORWARD = 3.0
 _TIMED_PASSES = 3
 
 
-def report_run_plan(
-    trainer: Trainer,
-    model_args: ModelArguments,
-    data_args: DataArguments,
+@dataclass
+class RunPlan:
+    """The plan in figures, by section (the layout of `run_summary.json`)."""
+
+    model: dict[str, Any]
+    tokenizer: dict[str, Any]
+    data: dict[str, Any]
+    batch: dict[str, Any]
+    schedule: dict[str, Any]
+    evaluation: dict[str, Any]
+    hardware: dict[str, Any]
+    estimate: dict[str, Any] | None = field(default=None)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch["tokens_per_step"]
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.schedule["total_steps"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_run_plan(
+    recipe: Recipe,
     data: PreparedData,
-    resume_from: str | None = None,
-) -> dict[str, Any]:
-    """On the main process: build the summary, time the warm-up, print it and write `run_summary.json`."""
-    if not trainer.is_world_process_zero():
-        return {}
-    args: PretrainingArguments = trainer.args
-    summary = build_run_summary(trainer.model, data, model_args, data_args, args)
-    summary["schedule"]["resume_step"] = checkpoint_step(resume_from) if resume_from else 0
-    if args.estimate_wall_time:
-        summary["estimate"] = estimate_wall_time(trainer.model, data, args, summary)
-    print(format_run_summary(summary), flush=True)
-    write_run_summary(summary, args.output_dir)
-    return summary
-
-
-def build_run_summary(
     model: PreTrainedModel,
-    data: PreparedData,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    args: PretrainingArguments,
-) -> dict[str, Any]:
-    """The run's plan in figures: model, tokenizer, data, batch, schedule, evaluation, hardware."""
+    tokenizer: PreTrainedTokenizerBase,
+    resume_from: str | None = None,
+) -> RunPlan:
+    """The run's plan from its options, its packed data and its model: model, tokenizer, data, batch,
+    schedule, evaluation, hardware."""
+    model_args, data_args, args = recipe.model, recipe.data, recipe.training
     parameters = count_parameters(model)
     config = model.config
     tokens_per_step = tokens_per_optimizer_step(args, data_args.block_size)
-    train_rows = data.stats.get("train_rows")
-    total_steps = planned_optimizer_steps(args, train_rows)
+    total_steps = planned_optimizer_steps(args, data.stats.get("train_rows"))
     total_tokens = total_steps * tokens_per_step if total_steps else None
     train_tokens = data.stats.get("train_tokens")
-    return {
-        "model": {
+    return RunPlan(
+        model={
             "preset": model_args.init_from or model_args.model_preset,
             "parameters": parameters["total"],
             "non_embedding_parameters": parameters["non_embedding"],
@@ -76,51 +86,57 @@ def build_run_summary(
             "hidden_size": config.hidden_size,
             "num_hidden_layers": config.num_hidden_layers,
         },
-        "tokenizer": {
+        tokenizer={
             "name": model_args.tokenizer_name_or_path
             or model_args.init_from
             or "byte-level BPE trained on the training split",
-            "vocab_size": len(data.tokenizer),
+            "vocab_size": len(tokenizer),
         },
-        "data": {"dataset": data_args.dataset_name, **data.stats},
-        "batch": {
+        data={"dataset": data_args.dataset_name, **data.stats},
+        batch={
             "per_device_train_batch_size": args.per_device_train_batch_size,
             "devices": args.world_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "block_size": data_args.block_size,
             "tokens_per_step": tokens_per_step,
         },
-        "schedule": {
+        schedule={
             "total_steps": total_steps,
             "total_tokens": total_tokens,
             "epochs": round(total_tokens / train_tokens, 3) if total_tokens and train_tokens else None,
+            "warmup_steps": args.get_warmup_steps(total_steps) if total_steps else None,
             "learning_rate": args.learning_rate,
             "lr_scheduler_type": _plain(args.lr_scheduler_type),
             "max_train_minutes": args.max_train_minutes,
             "time_fitted_schedule": bool(args.max_train_minutes and getattr(args, "time_fitted_schedule", False)),
+            "resume_step": checkpoint_step(resume_from) if resume_from else 0,
         },
-        "evaluation": _evaluation_plan(args, data.stats.get("validation_rows"), total_steps),
-        "hardware": {
+        evaluation=_evaluation_plan(args, data.stats.get("validation_rows"), total_steps),
+        hardware={
             "device": _device_name(args.device),
             "precision": "bf16 autocast, fp32 weights" if args.bf16 else "fp32",
             "attn_implementation": getattr(config, "_attn_implementation", None),
             "torch_compile": args.torch_compile,
         },
-    }
+    )
 
 
-def checkpoint_step(checkpoint: str) -> int:
-    """The optimizer step a checkpoint was saved at (its `trainer_state.json`)."""
-    state = Path(checkpoint) / "trainer_state.json"
-    return int(json.loads(state.read_text(encoding="utf-8")).get("global_step", 0)) if state.is_file() else 0
+def report_run_plan(plan: RunPlan, model: PreTrainedModel, data: PreparedData, args: TrainingArguments) -> None:
+    """On the main process: time the warm-up (`estimate_wall_time`), print the plan, write `run_summary.json`."""
+    if args.process_index != 0:
+        return
+    if args.estimate_wall_time:
+        plan.estimate = estimate_wall_time(model, data, args, plan)
+    print(format_run_plan(plan), flush=True)
+    RunFolder(args.output_dir).write_run_plan(plan.to_dict())
 
 
-def tokens_per_optimizer_step(args: PretrainingArguments, block_size: int) -> int:
+def tokens_per_optimizer_step(args: TrainingArguments, block_size: int) -> int:
     """Rows per device x devices x accumulation x block: the tokens one optimizer step learns from."""
     return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps * block_size
 
 
-def planned_optimizer_steps(args: PretrainingArguments, train_rows: int | None) -> int | None:
+def planned_optimizer_steps(args: TrainingArguments, train_rows: int | None) -> int | None:
     """The steps the Trainer will run: `max_steps`, or epochs x updates per epoch (its own arithmetic)."""
     if args.max_steps > 0:
         return args.max_steps
@@ -132,7 +148,7 @@ def planned_optimizer_steps(args: PretrainingArguments, train_rows: int | None) 
     return math.ceil(args.num_train_epochs * updates_per_epoch)
 
 
-def _evaluation_plan(args: PretrainingArguments, validation_rows: int | None, total_steps: int | None) -> dict:
+def _evaluation_plan(args: TrainingArguments, validation_rows: int | None, total_steps: int | None) -> dict:
     strategy = _plain(args.eval_strategy)
     count = 0
     if strategy == "steps" and total_steps and args.eval_steps:
@@ -151,7 +167,7 @@ def _evaluation_plan(args: PretrainingArguments, validation_rows: int | None, to
 
 
 def estimate_wall_time(
-    model: PreTrainedModel, data: PreparedData, args: PretrainingArguments, summary: dict[str, Any]
+    model: PreTrainedModel, data: PreparedData, args: TrainingArguments, plan: RunPlan
 ) -> dict[str, Any] | None:
     """Seconds for the whole run from timed forward+backward passes on a real batch, in the run's precision.
 
@@ -166,12 +182,12 @@ def estimate_wall_time(
     if train_batch is None:
         return None
     micro_batch = time_forward_backward(model, train_batch, args.bf16)
-    steps = summary["schedule"]["total_steps"]
+    steps = plan.total_steps
     if steps:  # a resumed run only has the steps after its checkpoint left
-        steps = max(steps - summary["schedule"].get("resume_step", 0), 0)
+        steps = max(steps - plan.schedule["resume_step"], 0)
     compiled = uses_compilation(args)
     step_seconds = micro_batch * args.gradient_accumulation_steps
-    evaluation = summary["evaluation"]
+    evaluation = plan.evaluation
     # A forward pass costs about a third of forward+backward: 2 of the 6 FLOPs per weight and token.
     row_seconds = micro_batch / len(train_batch["input_ids"]) / _FORWARD_BACKWARD_OVER_FORWARD
     one_eval = row_seconds * (evaluation["batches_per_evaluation"] or 0) * args.per_device_eval_batch_size
@@ -189,7 +205,7 @@ def estimate_wall_time(
         total = min(total - one_eval * final_evals, budget) + one_eval * final_evals
     return {
         "seconds_per_step": round(step_seconds, 4),
-        "tokens_per_second": round(summary["batch"]["tokens_per_step"] / step_seconds, 1),
+        "tokens_per_second": round(plan.tokens_per_step / step_seconds, 1),
         "train_seconds": round(train_seconds, 1) if train_seconds is not None else None,
         "eval_seconds": round(eval_seconds, 1),
         "total_seconds": round(total, 1) if total is not None else None,
@@ -218,10 +234,10 @@ def time_forward_backward(model: PreTrainedModel, batch: dict[str, Any], bf16: b
     return seconds
 
 
-def format_run_summary(summary: dict[str, Any]) -> str:
-    """The summary as a short block of lines for the console."""
-    model, tok, data, batch = summary["model"], summary["tokenizer"], summary["data"], summary["batch"]
-    schedule, evaluation, hardware = summary["schedule"], summary["evaluation"], summary["hardware"]
+def format_run_plan(plan: RunPlan) -> str:
+    """The plan as a short block of lines for the console."""
+    model, tok, data, batch = plan.model, plan.tokenizer, plan.data, plan.batch
+    schedule, evaluation, hardware = plan.schedule, plan.evaluation, plan.hardware
     lines = [
         "***** Run plan *****",
         f"Model       {model['preset']}: {model['parameters']:,} parameters "
@@ -256,7 +272,7 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     lines.append(
         f"Hardware    {hardware['device']}, {hardware['precision']}, {hardware['attn_implementation']} attention"
     )
-    estimate = summary.get("estimate")
+    estimate = plan.estimate
     if estimate and estimate["total_seconds"] is not None:
         lines.append(_estimate_line(estimate, schedule))
     return "\n".join(lines)
@@ -284,13 +300,6 @@ def _estimate_line(estimate: dict[str, Any], schedule: dict[str, Any]) -> str:
             f"{steps:,} steps{fitted} ({speed}; all steps would take {train} + evaluation {evaluations})"
         )
     return f"Estimate    {resumed}{total} (train {train}, evaluation {evaluations}; {speed})"
-
-
-def write_run_summary(summary: dict[str, Any], output_dir: str) -> Path:
-    path = Path(output_dir) / SUMMARY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return path
 
 
 def format_duration(seconds: float) -> str:

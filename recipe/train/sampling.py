@@ -9,7 +9,7 @@ losses of a run are the same with and without samples.
 from __future__ import annotations
 
 import contextlib
-import json
+import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,12 +21,12 @@ from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
+from recipe.errors import RecipeConfigError
 from recipe.evaluation.completions import SamplingConfig, generate_completions, load_prompts
-from recipe.options.arguments import RecipeConfigError
+from recipe.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
-SAMPLES_FILE = "samples.jsonl"
 MODES = ("greedy", "sampled")
 
 
@@ -46,7 +46,7 @@ class SampleGenerationCallback(TrainerCallback):
             raise RecipeConfigError(f"sample_steps ({every_steps}) must be positive to generate samples.")
         self.prompts = list(prompts)
         self.every_steps = every_steps
-        self.path = Path(output_dir) / SAMPLES_FILE
+        self.folder = RunFolder(output_dir)
         self.trackers = trackers
         self.configs = {
             "greedy": SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False, seed=seed),
@@ -82,7 +82,7 @@ class SampleGenerationCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if not self._pruned and state.is_world_process_zero:
             # A resumed run keeps the samples up to its checkpoint; a fresh run starts a new file.
-            _keep_samples_up_to(self.path, state.global_step)
+            _keep_samples_up_to(self.folder, state.global_step)
             self._pruned = True
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
@@ -93,7 +93,7 @@ class SampleGenerationCallback(TrainerCallback):
             return
         self._last_sampled_step = state.global_step
         records = self.generate(model, processing_class, state.global_step, args.bf16)
-        _append_jsonl(self.path, records)
+        self.folder.append_samples(records)
         tqdm.write(format_samples(records))
         log_samples_to_trackers(self.trackers, records, state.global_step)
 
@@ -115,8 +115,14 @@ def format_samples(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+TABLE_COLUMNS = ["step", "mode", "prompt", "completion"]
+TABLE_TRACKERS = {"TrackioCallback": "trackio", "WandbCallback": "wandb"}  # callback -> the module it logs with
+
+
 def log_samples_to_trackers(trackers: Sequence[TrainerCallback], records: list[dict[str, Any]], step: int) -> None:
-    """Text to TensorBoard, a table to trackio and W&B; a tracker that fails is reported, never fatal."""
+    """Text to TensorBoard (the callback's `tb_writer`), a table to trackio and W&B (through their own `log` and
+    `Table`, into the run their Trainer callback started); a tracker that fails is reported, never fatal."""
+    rows = [[record[column] for column in TABLE_COLUMNS] for record in records]
     for tracker in list(trackers):
         name = type(tracker).__name__
         try:
@@ -125,40 +131,17 @@ def log_samples_to_trackers(trackers: Sequence[TrainerCallback], records: list[d
                     text = "\n\n".join(f"**{r['prompt']}**{r['completion']}" for r in records if r["mode"] == mode)
                     tracker.tb_writer.add_text(f"samples/{mode}", text, step)
                 tracker.tb_writer.flush()
-            elif name == "TrackioCallback" and getattr(tracker, "_initialized", False):
-                table = tracker._trackio.Table(
-                    data=[[r["step"], r["mode"], r["prompt"], r["completion"]] for r in records],
-                    columns=["step", "mode", "prompt", "completion"],
-                )
-                tracker._trackio.log({"samples": table, "train/global_step": step})
-            elif name == "WandbCallback" and getattr(getattr(tracker, "_wandb", None), "run", None) is not None:
-                wandb = tracker._wandb
-                table = wandb.Table(
-                    columns=["step", "mode", "prompt", "completion"],
-                    data=[[r["step"], r["mode"], r["prompt"], r["completion"]] for r in records],
-                )
-                wandb.log({"samples": table, "train/global_step": step})
+            elif name in TABLE_TRACKERS:
+                module = importlib.import_module(TABLE_TRACKERS[name])
+                if name == "WandbCallback" and module.run is None:  # the callback has not started a run
+                    continue
+                module.log({"samples": module.Table(columns=TABLE_COLUMNS, data=rows), "train/global_step": step})
         except Exception as error:  # noqa: BLE001 - a dashboard problem must not stop training
             logger.warning("Could not log samples to %s: %s", name, error)
 
 
-def load_samples(output_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(output_dir) / SAMPLES_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _keep_samples_up_to(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in kept if json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+def _keep_samples_up_to(folder: RunFolder, step: int) -> None:
+    kept = [record for record in folder.read_samples() if record["step"] <= step]
+    if folder.samples_file.is_file():
+        folder.samples_file.unlink()
+    folder.append_samples(kept)

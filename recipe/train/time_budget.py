@@ -27,9 +27,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from recipe.run_folder import TIME_BUDGET_FILE
+
 logger = logging.getLogger(__name__)
 
-BUDGET_FILE = "time_budget.json"
+
 
 
 class TrainingBudgetCallback(TrainerCallback):
@@ -75,13 +77,13 @@ class TrainingBudgetCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             if folder.is_dir():
-                (folder / BUDGET_FILE).write_text(json.dumps({"spent_seconds": self.spent_seconds()}), "utf-8")
+                (folder / TIME_BUDGET_FILE).write_text(json.dumps({"spent_seconds": self.spent_seconds()}), "utf-8")
 
 
 def read_spent_seconds(checkpoint: str | None) -> float:
-    if not checkpoint or not (Path(checkpoint) / BUDGET_FILE).is_file():
+    if not checkpoint or not (Path(checkpoint) / TIME_BUDGET_FILE).is_file():
         return 0.0
-    return float(json.loads((Path(checkpoint) / BUDGET_FILE).read_text(encoding="utf-8"))["spent_seconds"])
+    return float(json.loads((Path(checkpoint) / TIME_BUDGET_FILE).read_text(encoding="utf-8"))["spent_seconds"])
 
 
 def fit_schedule_to_budget(

@@ -1,57 +1,35 @@
-"""The HF `Trainer`, plus the numbers a pretraining log needs: perplexity, bits per byte, throughput."""
+"""The HF `Trainer` with the recipe's schedule, a loss that keeps packed documents apart, crash-safe checkpoint
+saves, and log records enriched by callbacks (`recipe.train.metrics`)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
-from transformers import Trainer, TrainerState
+from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from model_card import write_model_card
-from recipe.model.fast_loss import use_chunked_loss
-from recipe.model.regional_compile import compile_decoder_layers
-from recipe.options.arguments import build_lr_scheduler, uses_compilation
-from recipe.train.checkpoints import COMPLETE_MARKER
-from recipe.train.cpu_allocator import keep_freed_memory_in_process
+from recipe.options.arguments import MUON
+from recipe.options.schedule import build_lr_scheduler
+from recipe.run_folder import CHECKPOINT_MARKER, RunFolder
+from recipe.train.metrics import LogEnricher, LossObserver
+from recipe.train.muon import build_muon_optimizer
 from recipe.train.time_budget import TrainingBudgetCallback, fit_schedule_to_budget
-
-LN2 = math.log(2.0)
-
-
-@runtime_checkable
-class LogEnricher(Protocol):
-    """A callback that adds fields to a log record before it is stored in the log history."""
-
-    def enrich_logs(self, logs: dict[str, float], state: TrainerState) -> None: ...
-
-
-@runtime_checkable
-class LossObserver(Protocol):
-    """A callback that sees each micro-batch's (detached) training loss, e.g. to check it before the update."""
-
-    def observe_loss(self, loss: torch.Tensor) -> None: ...
 
 
 class PretrainTrainer(Trainer):
-    """`Trainer` whose log records carry perplexity, bits per byte, and whatever `LogEnricher` callbacks add."""
+    """`Trainer` whose scheduler, loss, checkpoint saves and log records follow the recipe."""
 
-    def __init__(self, *args: Any, bytes_per_token: float | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bytes_per_token = bytes_per_token
-        self._use_fast_path()
-
-    def _use_fast_path(self) -> None:
-        """`loss_implementation: chunked`, `compile_decoder` and `cpu_keep_freed_memory` (PretrainingArguments)."""
-        if getattr(self.args, "loss_implementation", "default") == "chunked":
-            compile_kernel = uses_compilation(self.args)
-            use_chunked_loss(self.model, self.args.loss_chunk_size, compile_kernel=compile_kernel)
-        if getattr(self.args, "compile_decoder", False):
-            compile_decoder_layers(self.model)
-        if self.args.device.type == "cpu" and getattr(self.args, "cpu_keep_freed_memory", True):
-            keep_freed_memory_in_process()
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """`optim: muon`: Muon on the hidden matrices and AdamW on the rest, as one optimizer (its state is saved
+        and restored with the checkpoint like AdamW's); any other `optim`: the Trainer's own."""
+        if self.optimizer is None and str(self.args.optim) == MUON:
+            model = self.model if model is None else model
+            decayed = set(self.get_decay_parameter_names(model))  # the Trainer's own rule: no decay on norms, biases
+            no_decay = {name for name, _ in model.named_parameters() if name not in decayed}
+            self.optimizer = build_muon_optimizer(model, self.args, no_decay)
+        return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The configured schedule; with `max_train_minutes` and `time_fitted_schedule`, on the budget's clock."""
@@ -82,7 +60,7 @@ class PretrainTrainer(Trainer):
         (`CheckpointCompleteCallback.on_save`), never before."""
         folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.is_world_process_zero():
-            (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+            (folder / CHECKPOINT_MARKER).unlink(missing_ok=True)
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # the Trainer's own rotation runs inside the save, before the marker
         try:
@@ -98,27 +76,13 @@ class PretrainTrainer(Trainer):
         return loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        add_language_model_metrics(logs, self.bytes_per_token)
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, LogEnricher):
                 callback.enrich_logs(logs, self.state)
         super().log(logs, *args, **kwargs)
 
-    def create_model_card(self, *args: Any, finetuned_from: str | None = None, **kwargs: Any) -> None:
-        """`push_to_hub` writes README.md just before uploading: the recipe's card (results, plots, interpretation)
-        replaces the Trainer's draft, so the Hub shows the same card as the output folder."""
-        if not self.is_world_process_zero():
-            return
-        if not (Path(self.args.output_dir) / "trainer_state.json").is_file():  # pushed before `save_state`
-            super().create_model_card(*args, finetuned_from=finetuned_from, **kwargs)
-            return
-        write_model_card(self.args.output_dir, base_model=finetuned_from)
-
-
-def add_language_model_metrics(metrics: dict[str, float], bytes_per_token: float | None, prefix: str = "eval") -> None:
-    loss = metrics.get(f"{prefix}_loss")
-    if loss is None:
-        return
-    metrics[f"{prefix}_perplexity"] = math.exp(loss) if loss < 50 else float("inf")
-    if bytes_per_token:
-        metrics[f"{prefix}_bits_per_byte"] = loss / LN2 / bytes_per_token
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """`push_to_hub` writes README.md just before uploading: the recipe's card (results, plots, interpretation),
+        written by the lifecycle before the push, is kept, so the Hub shows the same card as the output folder."""
+        if self.is_world_process_zero() and not RunFolder(self.args.output_dir).card_file.is_file():
+            super().create_model_card(*args, **kwargs)
