@@ -132,8 +132,13 @@ def step_cost(data: str, output_root: Path, steps: int) -> list[dict]:
     """Seconds per optimizer step of AdamW and Muon on the tiny recipe (median of the logging windows after the
     first); Muon adds Newton-Schulz matmuls per hidden matrix."""
     results = []
-    for name, overrides in (("AdamW", []), ("Muon", MUON)):
-        output_dir = output_root / f"step-cost-{name}"
+    variants = (
+        ("AdamW", []),
+        ("Muon, Newton-Schulz in fp32", [*MUON, "--muon_ns_precision", "fp32"]),
+        ("Muon, Newton-Schulz in bf16 (torch's)", [*MUON, "--muon_ns_precision", "bf16"]),
+    )
+    for name, overrides in variants:
+        output_dir = output_root / f"step-cost-{len(results)}"
         args = [TINY_RECIPE, "--dataset_name", data, "--output_dir", str(output_dir), "--overwrite_output_dir", "true"]
         args += ["--max_steps", str(steps), "--logging_steps", str(max(1, steps // 6)), "--save_strategy", "no"]
         args += ["--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", *NOT_TIMED, *overrides]
@@ -158,7 +163,7 @@ def main() -> None:
     parser.add_argument("--sweep-rows", default="bcde", help="Rows whose learning rate is swept.")
     parser.add_argument("--evals", type=int, default=8, help="Evaluations during the largest-budget runs.")
     parser.add_argument("--step-cost", action="store_true", help="Only time AdamW against Muon per step.")
-    parser.add_argument("--step-cost-steps", type=int, default=60)
+    parser.add_argument("--step-cost-steps", type=int, default=24)
     parser.add_argument("--output", default="bench_results/quality_per_token")
     options = parser.parse_args()
     if not (Path(options.data) / "train.txt").exists():
@@ -187,7 +192,8 @@ def main() -> None:
             results_file.write_text(json.dumps(report, indent=2))
         else:
             best[row] = float(learning_rates[0]) if row in options.sweep_rows else None
-            report["runs"].append(run(row, options.data, budgets[0], best[row], output_root))
+            evals = options.evals if len(budgets) == 1 else 0  # the smallest budget is also the largest
+            report["runs"].append(run(row, options.data, budgets[0], best[row], output_root, evals))
         for budget in budgets[1:]:
             evals = options.evals if budget == budgets[-1] else 0
             report["runs"].append(run(row, options.data, budget, best[row], output_root, evals))

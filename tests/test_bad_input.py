@@ -147,6 +147,12 @@ OPTION_ERRORS = [
     ("muon_adjust_lr_fn", ["--optim", "muon", "--muon_adjust_lr_fn", "rms"], r"muon_adjust_lr_fn `rms` is unknown"),
     ("muon_ns_steps_zero", ["--optim", "muon", "--muon_ns_steps", "0"], r"muon_ns_steps \(0\) must be at least 1"),
     ("muon_momentum_one", ["--optim", "muon", "--muon_momentum", "1"], r"muon_momentum \(1\) must lie in \[0, 1\)"),
+    ("muon_under_fsdp", ["--optim", "muon", "--fsdp", "full_shard"], r"optim `muon` orthogonalises .*FSDP splits"),
+    (
+        "chunked_loss_under_fsdp",
+        ["--loss_implementation", "chunked", "--fsdp", "full_shard"],
+        r"loss_implementation `chunked` .* not supported under FSDP",
+    ),
     (
         "wsd_without_decay_steps",
         ["--lr_scheduler_type", "warmup_stable_decay"],

@@ -191,6 +191,14 @@ def test_270m_preset_has_268m_parameters_with_the_official_vocab():
     assert model.lm_head.weight is model.get_input_embeddings().weight
 
 
+def test_1b_preset_has_the_published_1b_parameter_count():
+    config = build_model_config(ModelArguments(model_preset="gemma3-1b"), _gemma_vocab_tokenizer(262_144))
+    with torch.device("meta"):
+        parameters = count_parameters(Gemma3ForCausalLM(config))
+    assert round(parameters["total"] / 1e6) == 1000  # google/gemma-3-1b-pt: 999.9M
+    assert round(parameters["non_embedding"] / 1e6) == 698
+
+
 def test_vocab_and_special_ids_come_from_the_tokenizer():
     tokenizer = _gemma_vocab_tokenizer(1000)
     config = build_model_config(ModelArguments(model_preset="gemma3-tiny"), tokenizer)

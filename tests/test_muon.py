@@ -212,3 +212,22 @@ def test_model_without_hidden_matrix_and_non_2d_muon_group_are_refused(tmp_path)
         build_muon_optimizer(nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4)), recipe_args(tmp_path))
     with pytest.raises(ValueError, match="Muon only takes 2D matrices"):
         MuonWithAdamW([{"params": [nn.Parameter(torch.zeros(3))], "use_muon": True}])
+
+
+def test_fp32_newton_schulz_follows_torchs_bf16_update_and_leaves_torch_unpatched():
+    """`muon_ns_precision: fp32` (the default on CPUs without bf16 instructions) runs torch's iteration in fp32:
+    the same update within bf16 rounding, and torch's own function is back in place after the step."""
+    updates = {}
+    for precision in ("bf16", "fp32"):
+        model = tiny_gemma()
+        initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+        groups = muon_parameter_groups(model, 3e-3, 0.0, 2e-2, 0.0, None)
+        optimizer = MuonWithAdamW(groups, muon_ns_precision=precision)
+        lm_loss(model, batch(0)).backward()
+        optimizer.step()
+        updates[precision] = {n: p.detach() - initial[n] for n, p in model.named_parameters() if "q_proj" in n}
+    assert torch.optim._muon._zeropower_via_newtonschulz.__module__ == "torch.optim._muon"
+    for name, bf16_update in updates["bf16"].items():
+        fp32_update = updates["fp32"][name]
+        assert not torch.equal(fp32_update, bf16_update), "the fp32 path ran"
+        assert ((fp32_update - bf16_update).norm() / bf16_update.norm()).item() < 0.03, name

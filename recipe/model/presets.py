@@ -45,6 +45,20 @@ PRESETS: dict[str, Gemma3Preset] = {
         max_position_embeddings=32_768,
         query_pre_attn_scalar=256,
     ),
+    # google/gemma-3-1b-pt's text architecture (1.0B parameters with its 262144-token vocabulary): the next step
+    # up, for several GPUs (README "Multi-GPU and multi-node" has the memory it needs per GPU).
+    "gemma3-1b": Gemma3Preset(
+        hidden_size=1152,
+        intermediate_size=6912,
+        num_hidden_layers=26,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        sliding_window=512,
+        sliding_window_pattern=6,
+        max_position_embeddings=32_768,
+        query_pre_attn_scalar=256,
+    ),
     # 6.6M parameters with an 8192-token vocabulary: trains usefully on 2 CPU cores.
     "gemma3-tiny": Gemma3Preset(
         hidden_size=256,

@@ -28,10 +28,11 @@ from recipe.options.arguments import (
     ModelArguments,
     cpu_compiler_found,
     uses_compilation,
+    uses_fsdp,
 )
 from recipe.options.recipe import CONFLICTS_WITH_INIT_FROM, Recipe
 from recipe.options.schedule import SCHEDULES_WITH_FLOOR, build_lr_scheduler, scheduler_kwargs_for, scheduler_name
-from recipe.train.muon import MUON_ADJUST_LR_FNS
+from recipe.train.muon import MUON_ADJUST_LR_FNS, MUON_NS_PRECISIONS
 from recipe.train.stability import NONFINITE_ACTIONS
 
 # Gemma3TextConfig fields that the preset or the tokenizer fill in; vocab_size may be raised (padded).
@@ -230,6 +231,12 @@ def _check_fast_path(training_args: Any) -> None:
         )
     if training_args.loss_chunk_size < 1:
         raise RecipeConfigError(f"loss_chunk_size ({training_args.loss_chunk_size}) must be positive.")
+    if training_args.loss_implementation == "chunked" and uses_fsdp(training_args):
+        raise RecipeConfigError(
+            "loss_implementation `chunked` computes the LM head from its weight inside the loss, which FSDP shards "
+            "across processes; it is not supported under FSDP: use `default`, or DDP "
+            "(accelerate_configs/multi_gpu.yaml) with `chunked`."
+        )
     if training_args.loss_implementation == "chunked" and training_args.use_liger_kernel:
         raise RecipeConfigError(
             "loss_implementation `chunked` and use_liger_kernel both replace the model's loss: choose one."
@@ -253,7 +260,7 @@ def _check_optimizer(recipe: Recipe) -> None:
             "optim `muon` trains whole hidden matrices, and use_peft trains small LoRA adapters on a frozen model: "
             "use optim `adamw_torch` with use_peft, or drop use_peft to train every weight with Muon."
         )
-    if training_args.fsdp:
+    if uses_fsdp(training_args):
         raise RecipeConfigError(
             "optim `muon` orthogonalises each whole weight matrix, which FSDP splits across processes: use DDP "
             "(accelerate_configs/multi_gpu.yaml) with Muon, or optim `adamw_torch` under FSDP."
@@ -262,6 +269,10 @@ def _check_optimizer(recipe: Recipe) -> None:
         raise RecipeConfigError(
             f"muon_adjust_lr_fn `{training_args.muon_adjust_lr_fn}` is unknown: use one of "
             f"{', '.join(MUON_ADJUST_LR_FNS)}."
+        )
+    if training_args.muon_ns_precision not in MUON_NS_PRECISIONS:
+        raise RecipeConfigError(
+            f"muon_ns_precision `{training_args.muon_ns_precision}` is unknown: use `bf16` or `fp32` (or unset it)."
         )
     if training_args.muon_ns_steps < 1:
         raise RecipeConfigError(f"muon_ns_steps ({training_args.muon_ns_steps}) must be at least 1, e.g. 5.")

@@ -251,7 +251,7 @@ def _file_problem(path: Path) -> str | None:
     if not path.is_file():
         return None
     if path.suffix == ".safetensors":
-        return _safetensors_problem(path)
+        return safetensors_problem(path)
     if path.suffix in (".pt", ".pth", ".bin"):
         try:
             with zipfile.ZipFile(path):  # torch.save writes a zip whose directory comes last
@@ -266,7 +266,7 @@ def _file_problem(path: Path) -> str | None:
     return None
 
 
-def _safetensors_problem(path: Path) -> str | None:
+def safetensors_problem(path: Path) -> str | None:
     try:
         with open(path, "rb") as handle:
             header_size = int.from_bytes(handle.read(8), "little")

@@ -27,6 +27,7 @@ from recipe.options.recipe import Recipe
 from recipe.run_folder import RunFolder
 from recipe.train.checkpoints import CheckpointCompleteCallback, prepare_output_dir, resolve_resume_checkpoint
 from recipe.train.cpu_allocator import keep_freed_memory_in_process
+from recipe.train.final_weights import save_final_weights
 from recipe.train.metrics import LanguageModelMetrics
 from recipe.train.run_plan import RunPlan, build_run_plan, report_run_plan
 from recipe.train.sampling import SampleGenerationCallback
@@ -130,7 +131,7 @@ def finish_run(trainer: PretrainTrainer, train_metrics: dict[str, float], recipe
     """Save the final model, metrics, state and recipe; evaluate; write the card; push."""
     training_args = trainer.args
     folder = RunFolder(training_args.output_dir)
-    trainer.save_model()
+    save_final_weights(trainer)  # full safetensors or a loud failure, before anything reads or pushes the folder
     metrics = dict(train_metrics)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)

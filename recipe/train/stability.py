@@ -49,17 +49,21 @@ class NonFiniteGuard(TrainerCallback):
         grad_norm = _local_grad_norm(parameters)
         device = grad_norm.device if loss is None else loss.device
         loss = torch.zeros((), device=device) if loss is None else loss
-        bad = torch.stack([~torch.isfinite(loss), ~torch.isfinite(grad_norm.to(device))]).float()
+        local = torch.stack([~torch.isfinite(loss), ~torch.isfinite(grad_norm.to(device))]).float()
+        bad = local.clone()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        bad_loss, bad_grad = (flag > 0 for flag in bad.tolist())
+        bad_loss, bad_grad, local_bad_loss, _ = (flag > 0 for flag in torch.cat([bad, local]).tolist())
         if not (bad_loss or bad_grad):
             if self.action == "skip":
                 self._window_loss = loss + self._window_loss
                 self._window_steps += 1
             return
         step = state.global_step + 1
-        what = f"loss {loss.item():g}" if bad_loss else f"gradient norm {grad_norm.item():g}"
+        if bad_loss:  # every process takes the decision; the value is known where it was seen
+            what = f"loss {loss.item():g}" if local_bad_loss else "loss (on another process)"
+        else:
+            what = f"gradient norm {grad_norm.item():g}"
         if self.action == "skip":
             for parameter in parameters:
                 parameter.grad = None

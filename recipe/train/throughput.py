@@ -19,7 +19,9 @@ logger = logging.getLogger(__name__)
 class ThroughputCallback(TrainerCallback):
     """Adds tokens/s, MFU and peak memory to each training log record, the same way on CPU and GPU.
 
-    Time is counted inside optimizer steps only, so evaluation and checkpointing do not dilute it.
+    `tokens_per_second` counts every process (the run's speed); `tokens_per_second_per_device` and `mfu` are per
+    device (MFU against one device's peak). Time is counted inside optimizer steps only, so evaluation and
+    checkpointing do not dilute it.
     """
 
     def __init__(self, tokens_per_step: int, flops_per_token: float, peak: float | None = None) -> None:
@@ -31,12 +33,14 @@ class ThroughputCallback(TrainerCallback):
         self._window_seconds = 0.0
         self._window_steps = 0
         self.train_seconds = 0.0
+        self.devices = 1
 
     @classmethod
     def for_model(cls, config, block_size: int, tokens_per_step: int) -> ThroughputCallback:
         return cls(tokens_per_step, training_flops_per_token(config, block_size))
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.devices = max(1, args.world_size)
         if self.peak is None:
             dtype = torch.bfloat16 if args.bf16 else torch.float32
             self.peak, self.peak_source = peak_flops(args.device, dtype)
@@ -55,9 +59,12 @@ class ThroughputCallback(TrainerCallback):
             return
         tokens_per_second = self.tokens_per_step * self._window_steps / self._window_seconds
         logs["tokens_per_second"] = round(tokens_per_second, 1)
+        per_device = tokens_per_second / self.devices
+        if self.devices > 1:
+            logs["tokens_per_second_per_device"] = round(per_device, 1)
         logs["tokens_seen"] = state.global_step * self.tokens_per_step
         if self.peak:
-            logs["mfu"] = round(tokens_per_second * self.flops_per_token / self.peak, 4)
+            logs["mfu"] = round(per_device * self.flops_per_token / self.peak, 4)
         logs["peak_memory_gib"] = round(peak_memory_gib(), 3)
         self._window_seconds = 0.0
         self._window_steps = 0
