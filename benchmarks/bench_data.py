@@ -5,7 +5,9 @@ Reads TinyStories from `--data` (default: the shared sample at /work/shared/data
 trained on the same text, timed separately) is given to `prepare_data`, so the cold figure is loading +
 tokenizing + packing. Every run is a fresh process with its own cache folder: `cold` starts empty, `cached`
 reuses what `cold` wrote. `--scales 1,4` also runs a corpus of 4 copies of the file, to show that peak memory
-stays flat as the corpus grows.
+stays flat as the corpus grows. Each corpus is also prepared once in the previous row layout (`full`: ids, labels
+and positions side by side, int64 in Arrow) next to the recipe's compact one (uint16/32 ids + document starts),
+for the cache's bytes per token.
 
     python benchmarks/bench_data.py --out benchmarks/results --scales 1,4
 """
@@ -39,14 +41,21 @@ COLUMNS = [
     ("tokens_per_second", "tokens/s"),
     ("peak_rss_gib", "peak RSS GiB (main)"),
     ("peak_rss_children_gib", "peak RSS GiB (workers)"),
+    ("layout", "row layout"),
+    ("cache_bytes_per_token", "cache bytes/token"),
     ("error", "error"),
 ]
 
 
-def prepare_once(data: str, tokenizer: str, num_proc: int | None, block_size: int) -> dict[str, Any]:
+def prepare_once(data: str, tokenizer: str, num_proc: int | None, block_size: int, layout: str) -> dict[str, Any]:
     """One `prepare_data` call in this process (HF_HOME was set by the caller before any import)."""
+    import recipe.data.prepare as prepare
+    from recipe.data.packing import pack_documents
     from recipe.data.prepare import prepare_data
     from recipe.options.arguments import DataArguments, ModelArguments
+
+    if layout == "full":  # the previous layout, as a baseline: every column of the model's inputs stored
+        prepare.pack_documents_compact = pack_documents
 
     model_args = ModelArguments(tokenizer_name_or_path=tokenizer)
     data_args = DataArguments(dataset_name=data, block_size=block_size, preprocessing_num_workers=num_proc)
@@ -54,7 +63,10 @@ def prepare_once(data: str, tokenizer: str, num_proc: int | None, block_size: in
     prepared = prepare_data(model_args, data_args)
     seconds = time.perf_counter() - started
     tokens = prepared.stats.get("train_tokens", 0) + prepared.stats.get("validation_tokens", 0)
+    files = [Path(f["filename"]) for split in (prepared.train, prepared.validation) for f in split.cache_files]
     return {
+        "layout": layout,
+        "cache_bytes_per_token": round(sum(f.stat().st_size for f in files) / tokens, 2),
         "seconds": round(seconds, 2),
         "tokens": tokens,
         "tokens_per_second": round(tokens / seconds, 1),
@@ -103,8 +115,13 @@ def run_suite(options: argparse.Namespace, data: Path) -> dict[str, Any]:
             corpus = scaled_corpus(data, scale, work / f"corpus-x{scale}")
             for num_proc in options.num_proc:
                 cache = work / f"hf-x{scale}-p{num_proc}"
-                for run in ("cold", "cached"):
-                    args = ["--worker", str(corpus), "--tokenizer", str(work / "tokenizer"), "--hf-home", str(cache)]
+                runs = [("cold", "compact"), ("cached", "compact")]
+                if num_proc == options.num_proc[0]:
+                    runs.append(("cold", "full"))
+                for run, layout in runs:
+                    layout_cache = cache if layout == "compact" else work / f"hf-x{scale}-p{num_proc}-full"
+                    args = ["--worker", str(corpus), "--tokenizer", str(work / "tokenizer")]
+                    args += ["--hf-home", str(layout_cache), "--layout", layout]
                     args += ["--block-size", str(options.block_size), "--num-proc", str(num_proc)]
                     row = {"corpus": f"train.txt x{scale}", "num_proc": num_proc or "default", "run": run}
                     row.update(run_worker(SCRIPT, args, timeout=options.timeout))
@@ -128,6 +145,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--hf-home", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--layout", default="compact", help=argparse.SUPPRESS)
     options = parser.parse_args()
 
     if options.worker:
@@ -136,7 +154,8 @@ def main() -> None:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         num_proc = int(options.num_proc) or None
         write_result(
-            options.result_file, prepare_once(options.worker, options.tokenizer, num_proc, options.block_size)
+            options.result_file,
+            prepare_once(options.worker, options.tokenizer, num_proc, options.block_size, options.layout),
         )
         return
 

@@ -25,6 +25,27 @@ PLACES = ["park", "garden", "beach", "forest", "house", "school"]
 FEELINGS = ["happy", "sad", "excited", "scared", "proud"]
 
 
+def tiny_causal_lm(vocab_size: int = 64, seed: int = 0):
+    """A two-layer Gemma 3 (one sliding, one full attention layer) of a few thousand parameters, in fp32."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=64,
+    )
+    return Gemma3ForCausalLM(config).float()
+
+
 def make_story(rng: random.Random) -> str:
     name, friend = rng.sample(NAMES, 2)
     animal, thing, place, feeling = (rng.choice(x) for x in (ANIMALS, THINGS, PLACES, FEELINGS))

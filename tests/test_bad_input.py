@@ -57,7 +57,7 @@ def bad_data(tmp_path_factory, stories_dir) -> dict[str, Path]:
 
 # (case, extra options, option error raised before data preparation, expected message)
 OPTION_ERRORS = [
-    ("unknown_preset", ["--model_preset", "gemma3-1b"], r"Unknown model_preset `gemma3-1b`.*gemma3-270m, gemma3-tiny"),
+    ("unknown_preset", ["--model_preset", "gemma3-2b"], r"Unknown model_preset `gemma3-2b`.*gemma3-1b, gemma3-270m"),
     ("warmup_longer_than_run", ["--warmup_steps", "20"], r"warmup_steps \(20\) is not shorter than the run"),
     (
         "block_size_above_positions",

@@ -206,8 +206,8 @@ def test_vocab_and_special_ids_come_from_the_tokenizer():
 
 
 def test_unknown_preset_is_rejected():
-    with pytest.raises(RecipeConfigError, match="gemma3-270m, gemma3-tiny"):
-        build_model_config(ModelArguments(model_preset="gemma3-1b"), _gemma_vocab_tokenizer(100))
+    with pytest.raises(RecipeConfigError, match="gemma3-1b, gemma3-270m, gemma3-tiny"):
+        build_model_config(ModelArguments(model_preset="gemma3-2b"), _gemma_vocab_tokenizer(100))
 
 
 SHIPPED_RECIPES = sorted((Path(__file__).parents[1] / "recipe" / "configs").glob("*.yaml"))

@@ -169,6 +169,7 @@ def test_heldout_loss_equals_trainer_eval_loss(trained_folder, stories_dir, tmp_
         output_dir=str(tmp_path),
         per_device_eval_batch_size=len(validation),
         prediction_loss_only=True,
+        remove_unused_columns=False,  # the collator derives labels and positions from `doc_starts`
         report_to="none",
         use_cpu=True,
         bf16=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, set_seed
+from transformers import set_seed
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from recipe.errors import RecipeConfigError
@@ -15,7 +15,7 @@ from recipe.options.arguments import DataArguments, ModelArguments, PretrainingA
 from recipe.options.checks import check_recipe
 from recipe.options.recipe import Recipe
 from recipe.train.lifecycle import parse_args, prepare_training
-from tests.conftest import tiny_args
+from tests.conftest import tiny_args, tiny_causal_lm
 
 VOCAB = 97
 
@@ -58,21 +58,8 @@ def test_chunked_loss_without_grad_equals_default_loss():
     assert loss.item() == pytest.approx(ForCausalLMLoss(hidden @ weight.t(), labels, VOCAB).item(), rel=1e-6)
 
 
-def _tiny_causal_lm(seed: int = 0) -> Gemma3ForCausalLM:
-    torch.manual_seed(seed)
-    config = Gemma3TextConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"],
-        max_position_embeddings=64,
-    )
-    return Gemma3ForCausalLM(config).float()
+def _tiny_causal_lm(seed: int = 0):
+    return tiny_causal_lm(VOCAB, seed)
 
 
 def _loss_and_grads(model, labels, num_items_in_batch=None):

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from recipe.data.packing import IGNORE_INDEX, collate_packed_rows, covered_bytes, pack_documents
+from recipe.data.packing import (
+    COMPACT_COLUMNS,
+    IGNORE_INDEX,
+    PACKED_COLUMNS,
+    collate_packed_rows,
+    covered_bytes,
+    pack_documents,
+    pack_documents_compact,
+    token_dtype,
+)
 from recipe.data.prepare import load_training_documents, pack_corpus
 from recipe.data.tokenizer import train_bpe_tokenizer
 from recipe.model.presets import build_model, build_model_config
@@ -170,3 +179,24 @@ def test_training_forward_passes_never_build_a_kv_cache(tokenizer, model, tmp_pa
     assert outputs.get("cache") is None
     reference = model(**{**batch, "use_cache": False}).loss
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("document_aware", [True, False])
+def test_compact_rows_collate_to_exactly_the_packed_rows(tokenizer, document_aware):
+    """The stored form (uint16 ids + document starts) gives the model the same ids, labels and positions, token
+    for token, and the same per-row target counts and bytes."""
+    texts = [make_story(__import__("random").Random(seed)) for seed in range(40)]
+    full = pack_documents(texts, tokenizer, block_size=48, document_aware=document_aware)
+    compact = pack_documents_compact(texts, tokenizer, block_size=48, document_aware=document_aware)
+    assert compact["input_ids"].dtype == np.uint16 and len(compact["input_ids"]) == len(full["input_ids"]) > 10
+    rows = range(len(full["input_ids"]))
+    expected = collate_packed_rows([{k: full[k][i] for k in PACKED_COLUMNS} for i in rows])
+    got = collate_packed_rows([{k: compact[k][i] for k in COMPACT_COLUMNS} for i in rows])
+    for name in PACKED_COLUMNS:
+        assert torch.equal(got[name], expected[name]), name
+    assert np.array_equal(compact["num_targets"], full["num_targets"])
+    assert np.array_equal(compact["target_bytes"], full["target_bytes"])
+
+
+def test_token_ids_take_two_bytes_up_to_a_65536_token_vocabulary():
+    assert token_dtype(65_536) is np.uint16 and token_dtype(65_537) is np.uint32 and token_dtype(262_144) is np.uint32

@@ -15,7 +15,7 @@ from datasets import Dataset, IterableDataset
 from datasets import config as datasets_config
 from transformers import PreTrainedTokenizerBase
 
-from recipe.data.packing import pack_documents
+from recipe.data.packing import pack_documents_compact
 from recipe.data.sources import load_documents
 from recipe.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe_tokenizer
 from recipe.errors import RecipeConfigError
@@ -24,7 +24,7 @@ from recipe.options.arguments import DataArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
 
-PACKING_VERSION = "2"  # 2: target_bytes (bytes of the predicted tokens) replace doc_bytes
+PACKING_VERSION = "3"  # 2: target_bytes replace doc_bytes; 3: compact rows (uint16/32 ids + document starts)
 _MAP_BATCH_DOCUMENTS = 1000
 
 
@@ -108,10 +108,10 @@ def pack_split(
         "input_columns": [data_args.text_column],
         "batched": True,
         "batch_size": _MAP_BATCH_DOCUMENTS,
-        "remove_columns": dataset.column_names,
+        "remove_columns": dataset.column_names or [data_args.text_column],  # a stream may not know its columns
     }
     if isinstance(dataset, IterableDataset):
-        return dataset.map(pack_documents, **kwargs)
+        return dataset.map(pack_documents_compact, **kwargs)
     fingerprint = _hash(
         dataset._fingerprint,
         tokenizer_fingerprint(tokenizer),
@@ -122,7 +122,7 @@ def pack_split(
         PACKING_VERSION,
     )
     packed = dataset.map(
-        pack_documents,
+        pack_documents_compact,
         num_proc=_num_proc(data_args, len(dataset)),
         new_fingerprint=fingerprint,
         load_from_cache_file=not data_args.overwrite_cache,

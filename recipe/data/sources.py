@@ -47,6 +47,9 @@ def load_documents(data_args: DataArguments) -> DatasetDict | IterableDatasetDic
     return raw
 
 
+STREAMED_EVAL_DOCUMENTS = 1000  # of a streamed validation split, when neither max_eval_samples nor eval_documents
+
+
 def load_heldout_documents(data_args: DataArguments) -> Dataset | IterableDataset:
     """The text to evaluate on: the validation split of a dataset, a folder holding only a validation file, or a
     single file (all of it is held-out text)."""
@@ -100,14 +103,29 @@ def _load_hub(data_args: DataArguments) -> DatasetDict | IterableDatasetDict:
         ) from error
 
 
-def _load_local(path: Path, data_args: DataArguments) -> DatasetDict:
+def _load_local(path: Path, data_args: DataArguments) -> DatasetDict | IterableDatasetDict:
     if not path.exists():
         raise RecipeConfigError(f"dataset_name `{path}` does not exist. Give an existing file or folder, or a Hub id.")
     if path.is_dir() and _is_saved_dataset(path):
         saved = load_from_disk(str(path))
-        return saved if isinstance(saved, DatasetDict) else DatasetDict({"train": saved})
+        saved = saved if isinstance(saved, DatasetDict) else DatasetDict({"train": saved})
+        if data_args.streaming:
+            return IterableDatasetDict({split: dataset.to_iterable_dataset() for split, dataset in saved.items()})
+        return saved
     splits = _local_splits(path)
+    if data_args.streaming:
+        return IterableDatasetDict({split: _stream_files(files, data_args) for split, files in splits.items()})
     return DatasetDict({split: _load_files(files, data_args) for split, files in splits.items()})
+
+
+def _stream_files(files: list[str], data_args: DataArguments) -> IterableDataset:
+    """Local files read as a stream, one shard per file (so processes can read different files)."""
+    suffix = _data_suffix(files[0])
+    if suffix == ".txt":
+        return IterableDataset.from_generator(
+            _read_text_documents, gen_kwargs={"files": files, "separator": data_args.document_separator, "stamps": ()}
+        )
+    return load_dataset(_BUILDERS[suffix], data_files=files, split="train", streaming=True)
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -216,15 +234,21 @@ def _check_utf8(file: str) -> None:
 def _with_validation_split(raw: DatasetDict | IterableDatasetDict, data_args: DataArguments):
     if "train" not in raw:
         raise RecipeConfigError(f"dataset_name `{data_args.dataset_name}` has no `train` split: {list(raw)}.")
+    if "validation" in raw and isinstance(raw, IterableDatasetDict):  # a fixed slice, packed once, with bytes
+        documents = data_args.max_eval_samples or data_args.eval_documents or STREAMED_EVAL_DOCUMENTS
+        validation = raw["validation"]
+        return {"train": raw["train"], "validation": Dataset.from_list(list(validation.take(documents)))}
     if "validation" in raw:
         return raw
     if "test" in raw:
         return type(raw)({"train": raw["train"], "validation": raw["test"]})
     if isinstance(raw, IterableDatasetDict):
-        raise RecipeConfigError(
-            "A streamed dataset without a validation split cannot be split by percentage; give one that has a "
-            "validation split or turn off streaming."
-        )
+        if not data_args.eval_documents:
+            raise RecipeConfigError(
+                f"The streamed dataset `{data_args.dataset_name}` has no validation split, and a stream cannot be "
+                "split by percentage: set eval_documents (e.g. 1000) to hold out the stream's first documents."
+            )
+        return _hold_out_stream_start(raw["train"], data_args.eval_documents)
     if not 0 < data_args.validation_split_percentage < 100:
         raise RecipeConfigError(
             f"validation_split_percentage ({data_args.validation_split_percentage}) must lie in (0, 100): the data "
@@ -237,6 +261,16 @@ def _with_validation_split(raw: DatasetDict | IterableDatasetDict, data_args: Da
         )
     split = train.train_test_split(test_size=data_args.validation_split_percentage / 100, seed=0)
     return DatasetDict({"train": split["train"], "validation": split["test"]})
+
+
+def _hold_out_stream_start(train: IterableDataset, documents: int) -> dict[str, Dataset | IterableDataset]:
+    """The first `documents` of the stream as a regular validation split (packed once, with bits per byte), the
+    rest as the training stream."""
+    held_out = list(train.take(documents))
+    if not held_out:
+        raise RecipeConfigError("The training stream is empty: there are no documents to hold out or train on.")
+    validation = Dataset.from_list(held_out, features=train.features)
+    return {"train": train.skip(documents), "validation": validation}
 
 
 def _check_text_column(raw, data_args: DataArguments) -> None:

@@ -62,6 +62,17 @@ class EvalArguments:
         },
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation documents."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the dataset instead of downloading it: its validation split's first max_eval_samples "
+            "documents (1000 when unset) are measured, or with eval_documents the first documents of the stream."
+        },
+    )
+    eval_documents: int | None = field(
+        default=None,
+        metadata={"help": "With streaming and no validation split: measure the stream's first N documents."},
+    )
     validation_split_percentage: float = field(
         default=1.0,
         metadata={"help": "Percent of the training split held out when the data has no validation split."},
@@ -181,6 +192,8 @@ def run_evaluation(args: EvalArguments) -> dict:
             text_column=args.text_column,
             validation_split_percentage=args.validation_split_percentage,
             max_eval_samples=args.max_eval_samples,
+            streaming=args.streaming,
+            eval_documents=args.eval_documents,
             block_size=args.block_size or training_block_size(args.model_name_or_path),
         )
         heldout = load_heldout_split(data_args, tokenizer)

@@ -133,7 +133,25 @@ class DataArguments:
     add_document_tokens: bool = field(
         default=True, metadata={"help": "Start every document with BOS and end it with EOS."}
     )
-    streaming: bool = field(default=False, metadata={"help": "Stream a Hub dataset instead of downloading it."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the documents instead of loading them (a Hub dataset, or local files read as they are "
+            "needed): for corpora larger than the disk. Needs max_steps; the training stream is shuffled with "
+            "`shuffle_buffer_size` and the run's seed, and each process reads its own shards."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000, metadata={"help": "With streaming: rows held in the shuffle buffer of the training stream."}
+    )
+    eval_documents: int | None = field(
+        default=None,
+        metadata={
+            "help": "With streaming and no validation split: hold out the first N documents of the stream for "
+            "evaluation (and train on the rest), so a streamed run still reports a validation loss and bits per "
+            "byte."
+        },
+    )
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenization and packing (default: all CPU cores)."}
     )
@@ -232,6 +250,13 @@ class PretrainingArguments(TrainingArguments):
     eval_steps: float | None = field(default=200, metadata={"help": "Evaluate every N steps."})
     save_steps: float = field(default=200, metadata={"help": "Save a checkpoint every N steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep dataset columns the model's forward does not take: packed rows carry their document "
+            "starts, from which the collator derives labels and positions."
+        },
+    )
     prediction_loss_only: bool = field(
         default=True, metadata={"help": "Evaluation computes only the loss, so its memory does not grow."}
     )

@@ -50,7 +50,7 @@ def check_recipe(recipe: Recipe) -> None:
     """Everything that can be checked from the options alone."""
     model_args, data_args, training_args = recipe.model, recipe.data, recipe.training
     _check_batch(training_args)
-    _check_data(data_args)
+    _check_data(data_args, training_args)
     _check_schedule(training_args)
     _check_fast_path(training_args)
     _check_optimizer(recipe)
@@ -282,9 +282,18 @@ def _check_optimizer(recipe: Recipe) -> None:
         raise RecipeConfigError(f"muon_learning_rate ({training_args.muon_learning_rate:g}) must be positive.")
 
 
-def _check_data(data_args: DataArguments) -> None:
+def _check_data(data_args: DataArguments, training_args: Any) -> None:
     if data_args.block_size < 2:
         raise RecipeConfigError(f"block_size ({data_args.block_size}) must be at least 2.")
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise RecipeConfigError(
+            "streaming: a stream has no length, so num_train_epochs cannot size the run: set max_steps (tokens per "
+            "step x max_steps is the run's token budget)."
+        )
+    if data_args.shuffle_buffer_size < 1:
+        raise RecipeConfigError(f"shuffle_buffer_size ({data_args.shuffle_buffer_size}) must be at least 1.")
+    if data_args.eval_documents is not None and data_args.eval_documents < 1:
+        raise RecipeConfigError(f"eval_documents ({data_args.eval_documents}) must be positive, or unset.")
     for name in ("max_train_samples", "max_eval_samples"):
         value = getattr(data_args, name)
         if value is not None and value < 1:

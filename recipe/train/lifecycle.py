@@ -10,6 +10,7 @@ from typing import Any
 
 import datasets
 import transformers
+from datasets import IterableDataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 
@@ -75,6 +76,11 @@ def prepare_training(
     data = prepare_data(
         recipe.model, recipe.data, resume_from, training_args.main_process_first(desc="data preparation")
     )
+    if isinstance(data.train, IterableDataset):  # a stream: shuffled with the run's seed, read per process
+        data.train = data.train.shuffle(seed=training_args.seed, buffer_size=recipe.data.shuffle_buffer_size)
+        # Each process reads its own shards (Accelerate shards a `datasets` stream when dispatching is off),
+        # instead of the main process reading everything and sending each its batches.
+        training_args.accelerator_config.dispatch_batches = False
     model = build_pretraining_model(recipe, data.tokenizer)
     check_vocab_fits(model, data.tokenizer)
     plan = build_run_plan(recipe, data, model, data.tokenizer, resume_from)
