@@ -194,6 +194,7 @@ def main() -> None:
             best[row] = float(learning_rates[0]) if row in options.sweep_rows else None
             evals = options.evals if len(budgets) == 1 else 0  # the smallest budget is also the largest
             report["runs"].append(run(row, options.data, budgets[0], best[row], output_root, evals))
+            results_file.write_text(json.dumps(report, indent=2))
         for budget in budgets[1:]:
             evals = options.evals if budget == budgets[-1] else 0
             report["runs"].append(run(row, options.data, budget, best[row], output_root, evals))
