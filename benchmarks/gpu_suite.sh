@@ -17,6 +17,10 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/nvidia-smi.csv" 2>&1
 "$python" -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'accelerate', accelerate.__version__)" 2>&1 | tee "$out/versions.txt"
+# FSDP2 through the recipe's Trainer: sharded checkpoint resume and gathered final weights (one GPU: 1 process;
+# with 2+ GPUs pass NUM_FSDP_PROCESSES=2 to also check that each rank stores half the parameters):
+accelerate launch --config_file accelerate_configs/fsdp.yaml --num_processes "${NUM_FSDP_PROCESSES:-1}" \
+    benchmarks/check_fsdp.py --out "$out/fsdp" 2>&1 | tail -20 | tee "$out/check_fsdp.txt"
 # Every attention kernel offered on the GPU keeps packed documents apart (about 20 s):
 "$python" benchmarks/check_packing_kernels.py 2>&1 | tee "$out/packing_kernels.txt"
 "$python" benchmarks/bench_train.py --device cuda --out "$out" --budget "$budget" \
