@@ -62,7 +62,7 @@ class Recipe:
                 if not f.init or f.name.endswith("_token"):  # hub_token and the like are never written anywhere
                     continue
                 if f.name in own_options or f.name in self.explicit_keys:
-                    saved[f.name] = _plain(getattr(section, f.name))
+                    saved[f.name] = plain_value(getattr(section, f.name))
         if saved.get("init_from"):
             saved = {key: value for key, value in saved.items() if key not in CONFLICTS_WITH_INIT_FROM}
         return saved
@@ -87,11 +87,12 @@ def default_value(name: str) -> Any:
     return None
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
+    """An option's value as YAML and JSON write it: enums (TrainingArguments' `SchedulerType`, ...) by their value."""
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_value(v) for k, v in value.items()}
     return value

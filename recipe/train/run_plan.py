@@ -25,7 +25,7 @@ from recipe.data.packing import collate_packed_rows
 from recipe.data.prepare import PreparedData
 from recipe.model.presets import count_parameters
 from recipe.options.arguments import uses_compilation
-from recipe.options.recipe import Recipe
+from recipe.options.recipe import Recipe, plain_value
 from recipe.run_folder import RunFolder
 from recipe.train.checkpoints import checkpoint_step
 
@@ -106,7 +106,7 @@ def build_run_plan(
             "epochs": round(total_tokens / train_tokens, 3) if total_tokens and train_tokens else None,
             "warmup_steps": args.get_warmup_steps(total_steps) if total_steps else None,
             "learning_rate": args.learning_rate,
-            "lr_scheduler_type": _plain(args.lr_scheduler_type),
+            "lr_scheduler_type": plain_value(args.lr_scheduler_type),
             "max_train_minutes": args.max_train_minutes,
             "time_fitted_schedule": bool(args.max_train_minutes and getattr(args, "time_fitted_schedule", False)),
             "resume_step": checkpoint_step(resume_from) if resume_from else 0,
@@ -149,7 +149,7 @@ def planned_optimizer_steps(args: TrainingArguments, train_rows: int | None) -> 
 
 
 def _evaluation_plan(args: TrainingArguments, validation_rows: int | None, total_steps: int | None) -> dict:
-    strategy = _plain(args.eval_strategy)
+    strategy = plain_value(args.eval_strategy)
     count = 0
     if strategy == "steps" and total_steps and args.eval_steps:
         every = math.ceil(total_steps * args.eval_steps) if args.eval_steps < 1 else int(args.eval_steps)
@@ -355,6 +355,3 @@ def _device_name(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)} (cuda)"
     return device.type
 
-
-def _plain(value: Any) -> Any:
-    return getattr(value, "value", value)

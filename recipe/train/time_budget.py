@@ -14,7 +14,6 @@ before the scheduler steps, and broadcast to the others.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -27,7 +26,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from recipe.run_folder import TIME_BUDGET_FILE
+from recipe.run_folder import TIME_BUDGET_FILE, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +76,12 @@ class TrainingBudgetCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             if folder.is_dir():
-                (folder / TIME_BUDGET_FILE).write_text(json.dumps({"spent_seconds": self.spent_seconds()}), "utf-8")
+                write_json(folder / TIME_BUDGET_FILE, {"spent_seconds": self.spent_seconds()})
 
 
 def read_spent_seconds(checkpoint: str | None) -> float:
-    if not checkpoint or not (Path(checkpoint) / TIME_BUDGET_FILE).is_file():
-        return 0.0
-    return float(json.loads((Path(checkpoint) / TIME_BUDGET_FILE).read_text(encoding="utf-8"))["spent_seconds"])
+    saved = read_json(Path(checkpoint) / TIME_BUDGET_FILE, None) if checkpoint else None
+    return float(saved["spent_seconds"]) if saved else 0.0
 
 
 def fit_schedule_to_budget(
