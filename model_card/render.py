@@ -15,6 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from model_card.interpretation import Statement, percent, steady_windows
 from model_card.plots import Plot
 from model_card.training_run import TrainingRun
+from recipe.data.mixture import data_label, parse_mixture, probabilities
 from recipe.data.sources import SAMPLE_HUB_SOURCE, is_embedded_sample
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
@@ -72,7 +73,7 @@ def card_data(run: TrainingRun, base_model: str | None, license: str, language: 
 
 def eval_results(run: TrainingRun) -> list[EvalResult]:
     """Validation loss, perplexity and bits per byte on the training data's validation split, then held-out ones."""
-    dataset_id, display = dataset_reference(run.recipe.get("dataset_name"))
+    dataset_id, display = training_data_reference(run)
     common = {
         "task_type": TASK,
         "task_name": "Text Generation",
@@ -91,7 +92,7 @@ def eval_results(run: TrainingRun) -> list[EvalResult]:
         for metric, name, value in _metric_rows(validation_metrics(run))
     ]
     heldout = heldout_metrics(run)
-    heldout_id, heldout_display = dataset_reference(heldout.get("dataset"))
+    heldout_id, heldout_display = heldout_reference(run, heldout.get("dataset"))
     for metric, name, value in _metric_rows(heldout):
         results.append(
             EvalResult(
@@ -112,7 +113,7 @@ def card_context(
 ) -> dict[str, Any]:
     train = [r for r in run.log_history if "loss" in r]
     last = train[-1] if train else {}
-    dataset_id, dataset_display = dataset_reference(run.recipe.get("dataset_name"))
+    dataset_id, dataset_display = training_data_reference(run)
     parameters = run.parameters or {}
     return {
         "model_name": model_name(run),
@@ -175,7 +176,7 @@ def heldout_metrics(run: TrainingRun) -> dict[str, Any]:
     """The held-out block of evaluation/results.json, unless it repeats the final validation metrics."""
     heldout = (run.evaluation or {}).get("heldout") or {}
     validation = validation_metrics(run)
-    same_data = heldout.get("dataset") == run.recipe.get("dataset_name")
+    same_data = heldout.get("dataset") == training_data_label(run)
     loss, validation_loss = heldout.get("loss"), validation.get("loss")
     repeated = isinstance(loss, float) and isinstance(validation_loss, float) and abs(loss - validation_loss) < 1e-6
     return {} if same_data and repeated else heldout
@@ -183,7 +184,7 @@ def heldout_metrics(run: TrainingRun) -> dict[str, Any]:
 
 def results_rows(run: TrainingRun) -> list[tuple[str, str, str]]:
     """(metric, value, data) rows for the results table."""
-    _, display = dataset_reference(run.recipe.get("dataset_name"))
+    _, display = training_data_reference(run)
     rows = [
         (name, f"{value:.4f}", f"{display}, validation split")
         for _, name, value in _metric_rows(validation_metrics(run))
@@ -191,7 +192,7 @@ def results_rows(run: TrainingRun) -> list[tuple[str, str, str]]:
     evaluation = run.evaluation or {}
     heldout = heldout_metrics(run)
     tokens = f", {heldout['tokens']:,} tokens" if isinstance(heldout.get("tokens"), int) else ""
-    held_display = dataset_reference(heldout.get("dataset"))[1]
+    held_display = heldout_reference(run, heldout.get("dataset"))[1]
     rows += [(name, f"{value:.4f}", f"{held_display} (held-out{tokens})") for _, name, value in _metric_rows(heldout)]
     base = {k[len("eval_") :]: v for k, v in (run.base_model_eval or {}).items() if k.startswith("eval_")}
     rows += [
@@ -403,9 +404,34 @@ def card_license(recipe: dict[str, Any], base_model: str | None) -> str:
 
 def hub_datasets(run: TrainingRun) -> list[str]:
     """Every Hub dataset the model was trained or evaluated on, for the card's `datasets` metadata."""
-    names = (run.recipe.get("dataset_name"), heldout_metrics(run).get("dataset"))
-    found = [dataset_reference(name)[0] for name in names]
+    found = [dataset_reference(name)[0] for name in training_datasets(run)]
+    found.append(heldout_reference(run, heldout_metrics(run).get("dataset"))[0])
     return list(dict.fromkeys(name for name in found if name))
+
+
+def training_datasets(run: TrainingRun) -> list[str]:
+    """The datasets the model was trained on: `dataset_mixture`'s sources, else `dataset_name`."""
+    sources = parse_mixture(run.recipe.get("dataset_mixture"))
+    return [s.dataset_name for s in sources] or [run.recipe.get("dataset_name")]
+
+
+def training_data_label(run: TrainingRun) -> str:
+    return data_label(run.recipe.get("dataset_name"), run.recipe.get("dataset_mixture"))
+
+
+def heldout_reference(run: TrainingRun, name: Any) -> tuple[str | None, str]:
+    """Held-out data named like the training data when it is the training data's own validation split."""
+    return training_data_reference(run) if name and name == training_data_label(run) else dataset_reference(name)
+
+
+def training_data_reference(run: TrainingRun) -> tuple[str | None, str]:
+    """(Hub dataset id or None, how the card names the training data); a mixture is named source by source."""
+    sources = parse_mixture(run.recipe.get("dataset_mixture"))
+    if not sources:
+        return dataset_reference(run.recipe.get("dataset_name"))
+    references = [dataset_reference(s.dataset_name) for s in sources]
+    parts = [f"{display} ({weight:.0%})" for (_, display), weight in zip(references, probabilities(sources))]
+    return next((ref for ref, _ in references if ref), None), "a mixture of " + ", ".join(parts)
 
 
 def dataset_reference(name: Any) -> tuple[str | None, str]:

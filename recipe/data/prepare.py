@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -15,6 +16,14 @@ from datasets import Dataset, IterableDataset
 from datasets import config as datasets_config
 from transformers import PreTrainedTokenizerBase
 
+from recipe.data.mixture import (
+    MixtureSource,
+    join_validation,
+    mix_rows,
+    mixture_shares,
+    mixture_sources,
+    source_arguments,
+)
 from recipe.data.packing import pack_documents_compact
 from recipe.data.sources import load_documents
 from recipe.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe_tokenizer
@@ -45,9 +54,34 @@ def prepare_data(
     """Load documents, decide the tokenizer, pack both splits; the main process does the work first so the
     other ranks read its caches."""
     with main_process_first or nullcontext():
-        documents = load_training_documents(data_args)
-        tokenizer = choose_tokenizer(model_args, data_args, documents["train"], resume_from)
-        return pack_corpus(documents, tokenizer, data_args)
+        sources = load_sources(data_args)
+        tokenizer = choose_tokenizer(model_args, data_args, tokenizer_documents(sources, data_args), resume_from)
+        return pack_sources(sources, tokenizer, data_args)
+
+
+@dataclass
+class SourceDocuments:
+    """One corpus's documents and the options they are read and packed with (a mixture has several)."""
+
+    args: DataArguments
+    documents: dict[str, Dataset | IterableDataset]
+    source: MixtureSource | None = None
+
+
+def load_sources(data_args: DataArguments) -> list[SourceDocuments]:
+    """`dataset_name`'s documents, or each `dataset_mixture` source's with its text in the run's `text_column`."""
+    sources = mixture_sources(data_args)
+    if not sources:
+        return [SourceDocuments(data_args, load_training_documents(data_args))]
+    loaded = []
+    for source in sources:
+        args = source_arguments(data_args, source)
+        documents = _limit(load_documents(args, train_split=source.split), args)
+        documents = {
+            split: _as_text_column(d, args.text_column, data_args.text_column) for split, d in documents.items()
+        }
+        loaded.append(SourceDocuments(dataclasses.replace(args, text_column=data_args.text_column), documents, source))
+    return loaded
 
 
 def load_training_documents(data_args: DataArguments) -> dict[str, Dataset | IterableDataset]:
@@ -55,13 +89,33 @@ def load_training_documents(data_args: DataArguments) -> dict[str, Dataset | Ite
     return _limit(load_documents(data_args), data_args)
 
 
+def tokenizer_documents(sources: list[SourceDocuments], data_args: DataArguments) -> Dataset | IterableDataset:
+    """The documents a new tokenizer learns from: the training split, or the sources drawn with their weights."""
+    if len(sources) == 1:
+        return sources[0].documents["train"]
+    return mix_rows([s.documents["train"] for s in sources], [s.source for s in sources])
+
+
 def pack_corpus(
     documents: dict[str, Dataset | IterableDataset], tokenizer: PreTrainedTokenizerBase, data_args: DataArguments
 ) -> PreparedData:
     """Both splits tokenized and packed into rows of `block_size`, with their statistics."""
-    train = pack_split(documents["train"], tokenizer, data_args, "train")
-    validation = pack_split(documents["validation"], tokenizer, data_args, "validation")
-    stats = _stats(documents, train, validation, data_args)
+    return pack_sources([SourceDocuments(data_args, documents)], tokenizer, data_args)
+
+
+def pack_sources(
+    sources: list[SourceDocuments], tokenizer: PreTrainedTokenizerBase, data_args: DataArguments
+) -> PreparedData:
+    """Each source packed on its own (and cached on its own); a mixture then draws training rows by weight and
+    evaluates on every source's held-out rows."""
+    trains = [pack_split(s.documents["train"], tokenizer, s.args, "train") for s in sources]
+    validations = [pack_split(s.documents["validation"], tokenizer, s.args, "validation") for s in sources]
+    if len(sources) == 1:
+        train, validation = trains[0], validations[0]
+    else:
+        train = mix_rows(trains, [s.source for s in sources])
+        validation = join_validation(validations)
+    stats = _stats(sources, train, validation, trains, data_args)
     return PreparedData(tokenizer=tokenizer, train=train, validation=validation, stats=stats)
 
 
@@ -161,17 +215,36 @@ def _limit(raw, data_args: DataArguments):
     return raw
 
 
-def _stats(raw, train, validation, data_args: DataArguments) -> dict[str, Any]:
+def _stats(
+    sources: list[SourceDocuments], train, validation, source_trains: list, data_args: DataArguments
+) -> dict[str, Any]:
     stats: dict[str, Any] = {"block_size": data_args.block_size}
-    for split, packed in (("train", train), ("validation", validation)):
-        if isinstance(packed, Dataset):
-            stats[f"{split}_documents"] = len(raw[split])
-            stats[f"{split}_rows"] = len(packed)
-            stats[f"{split}_tokens"] = len(packed) * data_args.block_size
+    if isinstance(train, Dataset):
+        stats["train_documents"] = sum(len(s.documents["train"]) for s in sources)
+        stats["train_rows"] = len(train)
+        stats["train_tokens"] = len(train) * data_args.block_size
+    if isinstance(validation, Dataset):
+        stats["validation_documents"] = sum(len(s.documents["validation"]) for s in sources)
+        stats["validation_rows"] = len(validation)
+        stats["validation_tokens"] = len(validation) * data_args.block_size
     ratio = bytes_per_target(validation)
     if ratio is not None:
         stats["validation_bytes_per_token"] = ratio
+    if len(sources) > 1:
+        stats["mixture"] = mixture_shares(
+            [s.source for s in sources],
+            [len(s.documents["train"]) if isinstance(s.documents["train"], Dataset) else None for s in sources],
+            [len(t) if isinstance(t, Dataset) else None for t in source_trains],
+            data_args.block_size,
+        )
     return stats
+
+
+def _as_text_column(dataset: Dataset | IterableDataset, column: str, wanted: str) -> Dataset | IterableDataset:
+    """Only the text, under the run's `text_column`, so the sources of a mixture share one schema."""
+    if dataset.column_names is not None:
+        dataset = dataset.select_columns([column])
+    return dataset if column == wanted else dataset.rename_column(column, wanted)
 
 
 def _iter_texts(dataset: Dataset | IterableDataset, data_args: DataArguments):

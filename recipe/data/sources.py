@@ -34,14 +34,17 @@ SAMPLE_FOLDER = Path(__file__).parent / "sample_data"
 SAMPLE_HUB_SOURCE = "roneneldan/TinyStories"  # what the embedded sample is a subset of
 
 
-def load_documents(data_args: DataArguments) -> DatasetDict | IterableDatasetDict:
+def load_documents(data_args: DataArguments, train_split: str = "train") -> DatasetDict | IterableDatasetDict:
+    """`dataset_name`'s documents, trained on from `train_split` (a mixture source may name another split)."""
     source = data_args.dataset_name
     if is_embedded_sample(source):
         raw = _load_local(SAMPLE_FOLDER, data_args)
-    elif _looks_local(source):
+    elif looks_local(source):
         raw = _load_local(Path(source).expanduser(), data_args)
     else:
         raw = _load_hub(data_args)
+    if train_split != "train":
+        raw = _train_on_split(raw, train_split, data_args)
     raw = _with_validation_split(raw, data_args)
     _check_text_column(raw, data_args)
     return raw
@@ -54,7 +57,7 @@ def load_heldout_documents(data_args: DataArguments) -> Dataset | IterableDatase
     """The text to evaluate on: the validation split of a dataset, a folder holding only a validation file, or a
     single file (all of it is held-out text)."""
     source = data_args.dataset_name
-    if not is_embedded_sample(source) and _looks_local(source):
+    if not is_embedded_sample(source) and looks_local(source):
         path = Path(source).expanduser()
         if not path.exists():
             raise RecipeConfigError(f"dataset_name `{source}` does not exist. Give an existing file or folder.")
@@ -73,7 +76,8 @@ def is_embedded_sample(source: str | None) -> bool:
     return source == SAMPLE_DATASET and not os.path.exists(source)
 
 
-def _looks_local(source: str) -> bool:
+def looks_local(source: str) -> bool:
+    """A path on this machine (existing, or written as one), not a Hub id."""
     return os.path.exists(source) or source.startswith((".", "/", "~")) or _data_suffix(source) in _BUILDERS
 
 
@@ -229,6 +233,14 @@ def _check_utf8(file: str) -> None:
                     f"it first, e.g. `iconv -f latin1 -t utf-8 {file} > fixed.txt`."
                 ) from error
             offset += len(chunk)
+
+
+def _train_on_split(raw, split: str, data_args: DataArguments):
+    if split not in raw:
+        raise RecipeConfigError(
+            f"`{data_args.dataset_name}` has no `{split}` split to train on: its splits are {', '.join(map(str, raw))}"
+        )
+    return type(raw)({"train": raw[split], **{name: d for name, d in raw.items() if name not in (split, "train")}})
 
 
 def _with_validation_split(raw: DatasetDict | IterableDatasetDict, data_args: DataArguments):

@@ -105,6 +105,17 @@ class DataArguments:
             "compressed as .gz or .xz), or a `save_to_disk` folder."
         },
     )
+    dataset_mixture: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Train on several datasets (replaces `dataset_name`): a mapping from each dataset (Hub id or "
+            "local path) to its sampling weight, or to `{weight, text_column, dataset_config_name, "
+            'dataset_revision, split}`; on the command line as JSON, e.g. \'{"roneneldan/TinyStories": 0.8, '
+            '"./domain": {"weight": 0.2, "text_column": "content"}}\'. Weights are the shares of the '
+            "training tokens (a small source with a large weight is repeated); evaluation covers every source's "
+            "validation split."
+        },
+    )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (branch, tag, sha)."})
     text_column: str = field(default="text", metadata={"help": "Column that holds the document text."})

@@ -17,6 +17,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from recipe.data.mixture import mixture_sources
+from recipe.data.sources import is_embedded_sample, looks_local
 from recipe.data.tokenizer import MIN_TRAINED_VOCAB_SIZE
 from recipe.errors import RecipeConfigError
 from recipe.model.finetune import load_init_config
@@ -51,6 +53,7 @@ def check_recipe(recipe: Recipe) -> None:
     model_args, data_args, training_args = recipe.model, recipe.data, recipe.training
     _check_batch(training_args)
     _check_data(data_args, training_args)
+    _check_mixture(recipe)
     _check_schedule(training_args)
     _check_fast_path(training_args)
     _check_optimizer(recipe)
@@ -298,6 +301,18 @@ def _check_data(data_args: DataArguments, training_args: Any) -> None:
         value = getattr(data_args, name)
         if value is not None and value < 1:
             raise RecipeConfigError(f"{name} ({value}) must be positive, or unset to use all documents.")
+
+
+def _check_mixture(recipe: Recipe) -> None:
+    sources = mixture_sources(recipe.data)
+    if not sources:
+        return
+    for source in sources:
+        name = source.dataset_name
+        if not is_embedded_sample(name) and looks_local(name) and not Path(name).expanduser().exists():
+            raise RecipeConfigError(
+                f"dataset_mixture source `{name}` does not exist. Give an existing file or folder, or a Hub id."
+            )
 
 
 def _check_init_from(recipe: Recipe) -> None:

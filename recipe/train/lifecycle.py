@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArgum
 from transformers.trainer_callback import ProgressCallback
 
 from model_card import write_model_card
+from recipe.data.mixture import data_label
 from recipe.data.packing import collate_packed_rows
 from recipe.data.prepare import PreparedData, prepare_data
 from recipe.evaluation.evaluate_model import evaluate_after_training
@@ -149,7 +150,8 @@ def finish_run(trainer: PretrainTrainer, train_metrics: dict[str, float], recipe
         save_merged_model(training_args.output_dir, trainer.processing_class)
     if trainer.is_world_process_zero():
         folder.write_recipe(recipe.options())
-        evaluate_after_training(trainer, eval_metrics, recipe.data.dataset_name)
+        trained_on = data_label(recipe.data.dataset_name, recipe.data.dataset_mixture)
+        evaluate_after_training(trainer, eval_metrics, trained_on)
         write_model_card(training_args.output_dir, base_model=recipe.model.init_from)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training")

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArgum
 from recipe.data.packing import collate_packed_rows
 from recipe.data.prepare import PreparedData
 from recipe.model.presets import count_parameters
-from recipe.options.arguments import uses_compilation
+from recipe.options.arguments import DataArguments, uses_compilation
 from recipe.options.recipe import Recipe, plain_value
 from recipe.run_folder import RunFolder
 from recipe.train.checkpoints import checkpoint_step
@@ -92,7 +92,7 @@ def build_run_plan(
             or "byte-level BPE trained on the training split",
             "vocab_size": len(tokenizer),
         },
-        data={"dataset": data_args.dataset_name, **data.stats},
+        data={"dataset": _dataset_label(data_args, data.stats), **data.stats},
         batch={
             "per_device_train_batch_size": args.per_device_train_batch_size,
             "devices": args.world_size,
@@ -257,6 +257,7 @@ def format_run_plan(plan: RunPlan) -> str:
                 f"  {split:<11}{data[f'{split}_documents']:,} documents, {data[f'{split}_tokens']:,} tokens "
                 f"({data[f'{split}_rows']:,} rows of {data['block_size']})"
             )
+    lines += [_mixture_line(share) for share in data.get("mixture", [])]
     lines.append(
         f"Batch       {batch['per_device_train_batch_size']} rows x {batch['devices']} device(s) x "
         f"{batch['gradient_accumulation_steps']} accumulation x {batch['block_size']} tokens = "
@@ -276,6 +277,22 @@ def format_run_plan(plan: RunPlan) -> str:
     if estimate and estimate["total_seconds"] is not None:
         lines.append(_estimate_line(estimate, schedule))
     return "\n".join(lines)
+
+
+def _dataset_label(data_args: DataArguments, stats: dict[str, Any]) -> str:
+    mixture = stats.get("mixture")
+    return f"mixture of {len(mixture)} datasets" if mixture else data_args.dataset_name
+
+
+def _mixture_line(share: dict[str, Any]) -> str:
+    """One mixture source: its weight and, for prepared data, what the run draws from it."""
+    line = f"  source     {share['dataset']}: weight {share['weight']:.2f}"
+    if "drawn_rows" not in share:
+        return line + " (streamed: rows drawn with this probability)"
+    return (
+        f"{line}, {share['documents']:,} documents, {share['rows']:,} rows; draws {share['drawn_tokens']:,} tokens "
+        f"({share['token_share']:.1%} of training, {share['passes']:.2f} passes over the source)"
+    )
 
 
 def _estimate_line(estimate: dict[str, Any], schedule: dict[str, Any]) -> str:
