@@ -127,7 +127,7 @@ def test_a_resumed_mixture_trains_on_the_same_next_batches(streaming, corpora, t
 # (case, dataset_mixture as a function of the two corpora, expected message)
 MIXTURE_ERRORS = [
     ("not_json", lambda s, n: "{stories: 1", r"dataset_mixture `\{stories: 1` is not JSON"),
-    ("not_a_mapping", lambda s, n: json.dumps([str(s), str(n)]), r"dataset_mixture must map each dataset"),
+    ("not_a_mapping", lambda s, n: json.dumps([str(s), str(n)]), r"dataset_mixture `\[.*` must be a JSON object"),
     ("weights_sum_to_zero", lambda s, n: json.dumps({str(s): 0, str(n): 0}), r"weights \(0, 0\) must sum to a pos"),
     ("negative_weight", lambda s, n: json.dumps({str(s): 1, str(n): -1}), r"`.*notes` needs a weight that is a non"),
     ("weight_not_a_number", lambda s, n: json.dumps({str(s): "a lot"}), r"needs a weight .*got 'a lot'"),

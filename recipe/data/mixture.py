@@ -5,7 +5,6 @@ probabilities proportional to the weights."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from datasets import Dataset, IterableDataset, concatenate_datasets, interleave_
 
 from recipe.errors import RecipeConfigError
 from recipe.options.arguments import DataArguments
+from recipe.options.mapping import parse_mapping_option
 
 MIXTURE_SEED = 0  # which rows are drawn; the Trainer's own seed then shuffles them
 SOURCE_KEYS = ("weight", "text_column", "dataset_config_name", "dataset_revision", "split")
@@ -41,17 +41,9 @@ def mixture_sources(data_args: DataArguments) -> list[MixtureSource]:
 def parse_mixture(value: dict | str | None) -> list[MixtureSource]:
     """A mapping from dataset to weight, or to a mapping with `weight` and the source's own `text_column`,
     `dataset_config_name`, `dataset_revision`, `split` (YAML gives a mapping, the command line JSON)."""
-    if value is None or value == "":
+    value = parse_mapping_option("dataset_mixture", value, _EXAMPLE)
+    if not value:
         return []
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise RecipeConfigError(
-                f"dataset_mixture `{value}` is not JSON ({error.msg}): write it as '{_EXAMPLE}'."
-            ) from error
-    if not isinstance(value, dict) or not value:
-        raise RecipeConfigError(f"dataset_mixture must map each dataset to its weight, e.g. '{_EXAMPLE}'.")
     sources = [_source(str(name), spec) for name, spec in value.items()]
     if not sum(source.weight for source in sources) > 0:
         raise RecipeConfigError(

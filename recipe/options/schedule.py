@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 from transformers import TrainingArguments, get_scheduler
 
-from recipe.errors import RecipeConfigError
+from recipe.options.mapping import parse_mapping_option
 
 DEFAULT_MIN_LR_RATE = 0.1
 SCHEDULES_WITH_FLOOR = ("cosine_with_min_lr", "warmup_stable_decay")
 
 
 def parse_scheduler_kwargs(value: dict | str | None) -> dict:
-    """`lr_scheduler_kwargs` as a dict: YAML gives a mapping, the command line a JSON string."""
-    if value is None or value == "":
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise RecipeConfigError(
-            f"lr_scheduler_kwargs `{value}` is not JSON ({error.msg}): write it as '{{\"min_lr_rate\": 0.1}}'."
-        ) from error
-    if not isinstance(parsed, dict):
-        raise RecipeConfigError(
-            f"lr_scheduler_kwargs `{value}` must be a JSON object such as '{{\"num_cycles\": 0.5}}'."
-        )
-    return parsed
+    """`lr_scheduler_kwargs` as a dict."""
+    return parse_mapping_option("lr_scheduler_kwargs", value, '{"min_lr_rate": 0.1}')
 
 
 def scheduler_kwargs_for(args: TrainingArguments, num_training_steps: int) -> dict:
