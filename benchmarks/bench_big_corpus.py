@@ -104,7 +104,7 @@ def relabel_checkpoint(run: Path, step: int, target: Path) -> None:
 
 
 def run_suite(options: argparse.Namespace, data: Path) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-big-corpus-"))
+    work = Path(options.work or tempfile.mkdtemp(prefix="bench-big-corpus-"))
     os.environ["HF_HOME"] = str(work / "hf")  # inherited by every worker: one cache for the suite
     rows: list[dict[str, Any]] = []
     try:
@@ -112,31 +112,41 @@ def run_suite(options: argparse.Namespace, data: Path) -> dict[str, Any]:
             corpus = str(scaled_corpus(data, scale, work / f"corpus-x{scale}"))
             megabytes = round((Path(corpus) / "train.txt").stat().st_size / 1e6)
             name = f"train.txt x{scale} ({megabytes} MB)"
-            prepared = run_worker(SCRIPT, ["--worker", "train", corpus, str(work / "prep"), "2", "1"], options.timeout)
-            trained = run_worker(
-                SCRIPT,
-                ["--worker", "train", corpus, str(work / f"run-x{scale}"), str(options.steps), "0"],
-                options.timeout,
-            )
-            rows.append({"corpus": name, "measure": f"{options.steps}-step training run, prepared rows", **trained})
-            print(rows[-1], flush=True)
-            steps_per_epoch = (prepared.get("train_rows") or 0) // 16
-            for streaming in (False, True):
-                for fraction in FRACTIONS:
-                    step = max(3, int(fraction * steps_per_epoch))
-                    target = work / f"resume-x{scale}-{streaming}-{step}"
-                    relabel_checkpoint(work / f"run-x{scale}", step, target)
-                    args = ["--worker", "resume", corpus, str(target), str(step), str(int(streaming))]
-                    result = run_worker(SCRIPT, args, options.timeout)
-                    kind = "stream" if streaming else "prepared rows"
-                    rows.append(
-                        {"corpus": name, "measure": f"resume at {fraction:.0%} (step {step}), {kind}", **result}
-                    )
-                    print(rows[-1], flush=True)
-                    shutil.rmtree(target, ignore_errors=True)
+            run = work / f"run-x{scale}"
+            if options.measure in ("memory", "both") or not (run / "checkpoint-2").exists():
+                run_worker(SCRIPT, ["--worker", "train", corpus, str(work / "prep"), "2", "1"], options.timeout)
+                args = ["--worker", "train", corpus, str(run), str(options.steps), "0"]
+                trained = run_worker(SCRIPT, args, options.timeout)
+                rows.append(
+                    {"corpus": name, "measure": f"{options.steps}-step training run, prepared rows", **trained}
+                )
+                print(rows[-1], flush=True)
+            if options.measure in ("resume", "both"):
+                rows += resume_rows(corpus, name, run, work, options.timeout)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not options.work:
+            shutil.rmtree(work, ignore_errors=True)
     return {"data": str(data), "steps": options.steps, "results": rows}
+
+
+def resume_rows(corpus: str, name: str, run: Path, work: Path, timeout: float) -> list[dict[str, Any]]:
+    """Seconds to the first step after a resume at each fraction of an epoch, prepared rows and stream."""
+    rows = []
+    plan = json.loads((run / "run_summary.json").read_text())
+    steps_per_epoch = plan["data"]["train_rows"] // plan["batch"]["per_device_train_batch_size"]
+    for streaming in (False, True):
+        for fraction in FRACTIONS:
+            step = max(3, int(fraction * steps_per_epoch))
+            target = work / f"resume-{run.name}-{int(streaming)}-{step}"
+            shutil.rmtree(target, ignore_errors=True)
+            relabel_checkpoint(run, step, target)
+            args = ["--worker", "resume", corpus, str(target), str(step), str(int(streaming))]
+            result = run_worker(SCRIPT, args, timeout)
+            kind = "stream" if streaming else "prepared rows"
+            rows.append({"corpus": name, "measure": f"resume at {fraction:.0%} (step {step}), {kind}", **result})
+            print(rows[-1], flush=True)
+            shutil.rmtree(target, ignore_errors=True)
+    return rows
 
 
 COLUMNS = [
@@ -155,6 +165,8 @@ def main() -> None:
     parser.add_argument("--scales", default="2,18", help="corpus sizes as copies of train.txt")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--measure", choices=("memory", "resume", "both"), default="both")
+    parser.add_argument("--work", default=None, help="keep corpora, caches and runs here (reused by a later call)")
     parser.add_argument("--worker", nargs="+", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -173,7 +185,7 @@ def main() -> None:
     report = {"environment": environment(), **run_suite(options, data)}
     table = markdown_table(report["results"], COLUMNS)
     print(table)
-    save_report(options.out, "bench_big_corpus", report, table)
+    save_report(options.out, f"bench_big_corpus_{options.measure}", report, table)
 
 
 if __name__ == "__main__":
