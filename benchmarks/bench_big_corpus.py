@@ -90,12 +90,13 @@ def worker_resume(corpus: str, output_dir: str, step: int, streaming: bool, resu
 
 
 def relabel_checkpoint(run: Path, step: int, target: Path) -> None:
-    """A copy of `run` whose checkpoint-2 says it was saved at `step` (re-marked complete)."""
+    """A copy of `run`'s latest checkpoint that says it was saved at `step` (re-marked complete)."""
     from recipe.train.checkpoints import write_complete_marker
 
     target.mkdir(parents=True)  # no recipe.yaml: the named checkpoint vouches for the run (streamed or not)
     checkpoint = target / f"checkpoint-{step}"
-    shutil.copytree(run / "checkpoint-2", checkpoint)
+    latest = max(run.glob("checkpoint-*"), key=lambda folder: int(folder.name.split("-")[1]))
+    shutil.copytree(latest, checkpoint)
     state_file = checkpoint / "trainer_state.json"
     state = json.loads(state_file.read_text())
     state.update(global_step=step, max_steps=step + 2)
@@ -113,7 +114,7 @@ def run_suite(options: argparse.Namespace, data: Path) -> dict[str, Any]:
             megabytes = round((Path(corpus) / "train.txt").stat().st_size / 1e6)
             name = f"train.txt x{scale} ({megabytes} MB)"
             run = work / f"run-x{scale}"
-            if options.measure in ("memory", "both") or not (run / "checkpoint-2").exists():
+            if options.measure in ("memory", "both") or not list(run.glob("checkpoint-*")):
                 run_worker(SCRIPT, ["--worker", "train", corpus, str(work / "prep"), "2", "1"], options.timeout)
                 args = ["--worker", "train", corpus, str(run), str(options.steps), "0"]
                 trained = run_worker(SCRIPT, args, options.timeout)
