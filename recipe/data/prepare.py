@@ -55,7 +55,7 @@ def prepare_data(
     other ranks read its caches."""
     with main_process_first or nullcontext():
         sources = load_sources(data_args)
-        tokenizer = choose_tokenizer(model_args, data_args, tokenizer_documents(sources, data_args), resume_from)
+        tokenizer = choose_tokenizer(model_args, data_args, tokenizer_documents(sources), resume_from)
         return pack_sources(sources, tokenizer, data_args)
 
 
@@ -89,10 +89,8 @@ def load_training_documents(data_args: DataArguments) -> dict[str, Dataset | Ite
     return _limit(load_documents(data_args), data_args)
 
 
-def tokenizer_documents(sources: list[SourceDocuments], data_args: DataArguments) -> Dataset | IterableDataset:
+def tokenizer_documents(sources: list[SourceDocuments]) -> Dataset | IterableDataset:
     """The documents a new tokenizer learns from: the training split, or the sources drawn with their weights."""
-    if len(sources) == 1:
-        return sources[0].documents["train"]
     return mix_rows([s.documents["train"] for s in sources], [s.source for s in sources])
 
 
@@ -110,11 +108,8 @@ def pack_sources(
     evaluates on every source's held-out rows."""
     trains = [pack_split(s.documents["train"], tokenizer, s.args, "train") for s in sources]
     validations = [pack_split(s.documents["validation"], tokenizer, s.args, "validation") for s in sources]
-    if len(sources) == 1:
-        train, validation = trains[0], validations[0]
-    else:
-        train = mix_rows(trains, [s.source for s in sources])
-        validation = join_validation(validations)
+    train = mix_rows(trains, [s.source for s in sources])  # one source: its own rows
+    validation = join_validation(validations)
     stats = _stats(sources, train, validation, trains, data_args)
     return PreparedData(tokenizer=tokenizer, train=train, validation=validation, stats=stats)
 
@@ -219,14 +214,11 @@ def _stats(
     sources: list[SourceDocuments], train, validation, source_trains: list, data_args: DataArguments
 ) -> dict[str, Any]:
     stats: dict[str, Any] = {"block_size": data_args.block_size}
-    if isinstance(train, Dataset):
-        stats["train_documents"] = sum(len(s.documents["train"]) for s in sources)
-        stats["train_rows"] = len(train)
-        stats["train_tokens"] = len(train) * data_args.block_size
-    if isinstance(validation, Dataset):
-        stats["validation_documents"] = sum(len(s.documents["validation"]) for s in sources)
-        stats["validation_rows"] = len(validation)
-        stats["validation_tokens"] = len(validation) * data_args.block_size
+    for split, packed in (("train", train), ("validation", validation)):
+        if isinstance(packed, Dataset):
+            stats[f"{split}_documents"] = sum(len(s.documents[split]) for s in sources)
+            stats[f"{split}_rows"] = len(packed)
+            stats[f"{split}_tokens"] = len(packed) * data_args.block_size
     ratio = bytes_per_target(validation)
     if ratio is not None:
         stats["validation_bytes_per_token"] = ratio
