@@ -117,23 +117,23 @@ def join_validation(packed: list[Dataset]) -> Dataset:
 def mixture_shares(
     sources: list[MixtureSource], documents: list[int | None], rows: list[int | None], block_size: int
 ) -> list[dict[str, Any]]:
-    """Each source's weight and what the run draws from it: documents and packed rows in the source, rows drawn,
-    their share of the training tokens and how many times the source is read per epoch."""
-    shares = []
-    drawn = drawn_rows(rows, sources) if all(r is not None for r in rows) else [None] * len(sources)
-    total_drawn = sum(drawn) if all(d is not None for d in drawn) else None
-    for source, weight, n_documents, n_rows, n_drawn in zip(
-        sources, probabilities(sources), documents, rows, drawn, strict=True
-    ):
-        share: dict[str, Any] = {"dataset": source.dataset_name, "weight": round(weight, 4)}
-        if n_rows is not None and n_drawn is not None:
-            share.update(
-                documents=n_documents,
-                rows=n_rows,
-                drawn_rows=n_drawn,
-                drawn_tokens=n_drawn * block_size,
-                token_share=round(n_drawn / total_drawn, 4) if total_drawn else 0.0,
-                passes=round(n_drawn / n_rows, 2) if n_rows else 0.0,
-            )
-        shares.append(share)
-    return shares
+    """Each source's weight and, when every source is prepared (has a length), what the run draws from it:
+    documents and packed rows in the source, rows drawn, their share of the training tokens and how many times
+    the source is read per epoch."""
+    weights = [{"dataset": s.dataset_name, "weight": round(w, 4)} for s, w in zip(sources, probabilities(sources))]
+    if any(n is None for n in rows):  # a stream: only the weights are known
+        return weights
+    drawn = drawn_rows(rows, sources)
+    total_drawn = sum(drawn)
+    return [
+        {
+            **share,
+            "documents": n_documents,
+            "rows": n_rows,
+            "drawn_rows": n_drawn,
+            "drawn_tokens": n_drawn * block_size,
+            "token_share": round(n_drawn / total_drawn, 4) if total_drawn else 0.0,
+            "passes": round(n_drawn / n_rows, 2) if n_rows else 0.0,
+        }
+        for share, n_documents, n_rows, n_drawn in zip(weights, documents, rows, drawn, strict=True)
+    ]
