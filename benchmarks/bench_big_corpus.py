@@ -6,8 +6,10 @@ measurement is a fresh process with the tiny recipe (eager, fp32, no evaluation)
 - `memory`: prepare the corpus (`--dry_run`), then train `--steps` steps from the cache in a new process and
   report that process's peak RSS;
 - `resume`: train 2 steps and checkpoint, relabel the checkpoint as step k (k = 1%, 50%, 99% of an epoch's
-  steps; the Trainer skips k batches on resume) and time `Trainer.train` from its call to the first training
-  step. Prepared rows are skipped by the sampler without being read; a stream re-reads the skipped batches.
+  steps) and time `Trainer.train` from its call to the first training step. Prepared rows are skipped by the
+  sampler without being read. For the stream, the relabelled checkpoint also gets the stream position a run
+  saving at step k saves (the run's own loader read k batches far, in a separate process, untimed): the resume
+  loads it instead of reading the k batches again.
 
     python benchmarks/bench_big_corpus.py --out benchmarks/results --scales 2,18
 
@@ -89,6 +91,26 @@ def worker_resume(corpus: str, output_dir: str, step: int, streaming: bool, resu
     )
 
 
+def worker_position(corpus: str, output_dir: str, step: int) -> dict[str, Any]:
+    """Save into `output_dir`'s checkpoint-`step` the stream position of a streamed run at that step: its own
+    training loader, read `step` optimizer steps far."""
+    from recipe.train.checkpoints import write_complete_marker
+    from recipe.train.lifecycle import parse_args, prepare_training
+    from recipe.train.stream_position import save_stream_state
+
+    started = time.perf_counter()
+    checkpoint = Path(output_dir) / f"checkpoint-{step}"
+    args = recipe_args(corpus, output_dir, True, "--max_steps", str(step + 2))
+    trainer, _, _ = prepare_training(parse_args(args), str(checkpoint))
+    loader = trainer.get_train_dataloader()
+    batches = iter(loader)
+    for _ in range(step * trainer.args.gradient_accumulation_steps):
+        next(batches)
+    save_stream_state(loader, checkpoint, trainer.args.process_index)
+    write_complete_marker(checkpoint)
+    return {"seconds": round(time.perf_counter() - started, 1)}
+
+
 def relabel_checkpoint(run: Path, step: int, target: Path) -> None:
     """A copy of `run`'s latest checkpoint that says it was saved at `step` (re-marked complete)."""
     from recipe.train.checkpoints import write_complete_marker
@@ -141,6 +163,8 @@ def resume_rows(corpus: str, name: str, run: Path, work: Path, timeout: float) -
             target = work / f"resume-{run.name}-{int(streaming)}-{step}"
             shutil.rmtree(target, ignore_errors=True)
             relabel_checkpoint(run, step, target)
+            if streaming:
+                run_worker(SCRIPT, ["--worker", "position", corpus, str(target), str(step), "1"], timeout)
             args = ["--worker", "resume", corpus, str(target), str(step), str(int(streaming))]
             result = run_worker(SCRIPT, args, timeout)
             kind = "stream" if streaming else "prepared rows"
@@ -175,6 +199,8 @@ def main() -> None:
         kind, corpus, output_dir, number, flag = options.worker
         if kind == "train":
             write_result(options.result_file, worker_train(corpus, output_dir, int(number), flag == "1"))
+        elif kind == "position":
+            write_result(options.result_file, worker_position(corpus, output_dir, int(number)))
         else:
             worker_resume(corpus, output_dir, int(number), flag == "1", options.result_file)
         return

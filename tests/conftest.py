@@ -136,3 +136,18 @@ def one_prompt_file(folder: Path) -> Path:
     if not prompts.exists():
         prompts.write_text("Once upon a time\n", encoding="utf-8")
     return prompts
+
+
+def record_batches(monkeypatch) -> dict[int, list]:
+    """The input ids each optimizer step trains on, by step."""
+    batches: dict[int, list] = {}
+    from recipe.train.trainer import PretrainTrainer
+
+    original = PretrainTrainer.training_step
+
+    def recording_step(self, model, inputs, *args, **kwargs):
+        batches[self.state.global_step + 1] = inputs["input_ids"].tolist()
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(PretrainTrainer, "training_step", recording_step)
+    return batches

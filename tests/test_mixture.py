@@ -15,8 +15,7 @@ from recipe.data.prepare import load_sources, pack_split, prepare_data
 from recipe.errors import RecipeConfigError
 from recipe.train import lifecycle
 from recipe.train.lifecycle import main, parse_args
-from recipe.train.trainer import PretrainTrainer
-from tests.conftest import read_stories, tiny_args, write_stories
+from tests.conftest import read_stories, record_batches, tiny_args, write_stories
 
 
 def make_note(rng) -> str:
@@ -90,19 +89,6 @@ def test_a_mixture_run_prints_each_share_and_its_card_lists_every_source(corpora
     run.recipe["dataset_mixture"] = {"roneneldan/TinyStories": 0.8, str(notes): 0.2}  # as a Hub source would read
     assert hub_datasets(run) == ["roneneldan/TinyStories"]
     assert training_data_reference(run)[0] == "roneneldan/TinyStories"
-
-
-def record_batches(monkeypatch) -> dict[int, list]:
-    """The input ids each optimizer step trains on, by step."""
-    batches: dict[int, list] = {}
-    original = PretrainTrainer.training_step
-
-    def recording_step(self, model, inputs, *args, **kwargs):
-        batches[self.state.global_step + 1] = inputs["input_ids"].tolist()
-        return original(self, model, inputs, *args, **kwargs)
-
-    monkeypatch.setattr(PretrainTrainer, "training_step", recording_step)
-    return batches
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["prepared", "streamed"])

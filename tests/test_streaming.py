@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+import recipe.data.prepare as prepare
 from recipe.errors import RecipeConfigError
 from recipe.evaluation.run_evaluation import main as run_eval_main
 from recipe.train.lifecycle import main
-from tests.conftest import read_stories, tiny_args, write_stories
+from recipe.train.stream_position import stream_state_file
+from tests.conftest import read_stories, record_batches, tiny_args, write_stories
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -96,3 +98,42 @@ def test_two_processes_read_different_rows_of_the_stream(stream_folder, tmp_path
     for rank in (0, 1):  # 6 steps of 4 rows, and the batch Accelerate's loader looks ahead
         assert 6 * 4 <= len(seen[rank]) <= 7 * 4, rank
     assert not set(seen[0]) & set(seen[1]), "the two processes trained on the same rows"
+
+
+def count_packed_documents(monkeypatch) -> list[int]:
+    """How many documents the run tokenizes and packs, one entry per packing batch."""
+    packed: list[int] = []
+    original = prepare.pack_documents_compact
+
+    def counting_pack(texts, *args, **kwargs):
+        packed.append(len(texts))
+        return original(texts, *args, **kwargs)
+
+    monkeypatch.setattr(prepare, "pack_documents_compact", counting_pack)
+    monkeypatch.setattr(prepare, "_MAP_BATCH_DOCUMENTS", 20)  # small packing batches, so a resume can be cheap
+    return packed
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["in_process", "one_worker"])
+def test_a_resumed_stream_trains_on_the_same_next_batches_without_reading_the_skipped_ones(
+    workers, stream_folder, tmp_path, monkeypatch
+):
+    extra = ["--streaming", "true", "--eval_documents", "40", "--shuffle_buffer_size", "16"]
+    extra += ["--max_steps", "40", "--save_steps", "35", "--eval_strategy", "no", "--bf16", "false"]
+    extra += ["--dataloader_num_workers", str(workers), "--estimate_wall_time", "false"]
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    batches, packed = record_batches(monkeypatch), count_packed_documents(monkeypatch)
+    main(tiny_args(stream_folder, reference, *extra))
+    expected, packed_by_reference = dict(batches), sum(packed)
+    assert stream_state_file(reference / "checkpoint-35", 0).is_file()
+    batches.clear()
+    packed.clear()
+    shutil.copytree(reference / "checkpoint-35", resumed / "checkpoint-35")
+    shutil.copy(reference / "recipe.yaml", resumed / "recipe.yaml")
+    main(tiny_args(stream_folder, resumed, *extra, "--resume_from_checkpoint", str(resumed / "checkpoint-35")))
+    assert sorted(batches) == list(range(36, 41))
+    for step in range(36, 41):
+        assert batches[step] == expected[step], f"step {step} trained on other tokens after the resume"
+    if workers == 0:  # a worker packs in its own process, where this count does not reach
+        # 35 of the 40 steps are skipped: reading them again would pack most of what the reference packed.
+        assert sum(packed) < packed_by_reference / 3, (sum(packed), packed_by_reference)

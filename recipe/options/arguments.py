@@ -153,7 +153,12 @@ class DataArguments:
         },
     )
     shuffle_buffer_size: int = field(
-        default=10_000, metadata={"help": "With streaming: rows held in the shuffle buffer of the training stream."}
+        default=10_000,
+        metadata={
+            "help": "With streaming: rows per shuffle window of the training stream. Each window's rows are "
+            "trained on in an order drawn from the run's seed and the window's position, so a resumed stream "
+            "continues on the same next row and re-reads at most one window."
+        },
     )
     eval_documents: int | None = field(
         default=None,

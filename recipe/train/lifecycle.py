@@ -18,6 +18,7 @@ from model_card import write_model_card
 from recipe.data.mixture import data_label
 from recipe.data.packing import collate_packed_rows
 from recipe.data.prepare import PreparedData, prepare_data
+from recipe.data.stream_order import shuffle_stream
 from recipe.evaluation.evaluate_model import evaluate_after_training
 from recipe.model.fast_path import install_fast_path
 from recipe.model.finetune import evaluate_base_model, load_finetuning_model, save_merged_model
@@ -78,7 +79,7 @@ def prepare_training(
         recipe.model, recipe.data, resume_from, training_args.main_process_first(desc="data preparation")
     )
     if isinstance(data.train, IterableDataset):  # a stream: shuffled with the run's seed, read per process
-        data.train = data.train.shuffle(seed=training_args.seed, buffer_size=recipe.data.shuffle_buffer_size)
+        data.train = shuffle_stream(data.train, training_args.seed, recipe.data.shuffle_buffer_size)
         # Each process reads its own shards (Accelerate shards a `datasets` stream when dispatching is off),
         # instead of the main process reading everything and sending each its batches.
         training_args.accelerator_config.dispatch_batches = False

@@ -15,11 +15,40 @@ from recipe.options.schedule import build_lr_scheduler
 from recipe.run_folder import CHECKPOINT_MARKER, RunFolder
 from recipe.train.metrics import LogEnricher, LossObserver
 from recipe.train.muon import build_muon_optimizer
+from recipe.train.stream_position import is_stream, load_stream_state, save_stream_state, use_stateful_loader
 from recipe.train.time_budget import TrainingBudgetCallback, fit_schedule_to_budget
 
 
 class PretrainTrainer(Trainer):
-    """`Trainer` whose scheduler, loss, checkpoint saves and log records follow the recipe."""
+    """`Trainer` whose scheduler, loss, checkpoint saves, stream resumes and log records follow the recipe."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resumed_stream_state: dict[str, Any] | None = None
+        if is_stream(self.train_dataset):
+            use_stateful_loader(self.accelerator)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """A stream resumed from a checkpoint that saved its position starts at that position: the loader loads
+        it (`get_train_dataloader`), and the Trainer's fast-forward, which would read every skipped batch again,
+        is turned off for this call."""
+        state = None
+        if isinstance(resume_from_checkpoint, str) and is_stream(self.train_dataset):
+            state = load_stream_state(resume_from_checkpoint, self.args.process_index)
+        if state is None:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        ignore_data_skip, self.args.ignore_data_skip = self.args.ignore_data_skip, True
+        self._resumed_stream_state = state
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self.args.ignore_data_skip, self._resumed_stream_state = ignore_data_skip, None
+
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        if self._resumed_stream_state is not None:
+            loader.load_state_dict(self._resumed_stream_state)
+        return loader
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """`optim: muon`: Muon on the hidden matrices and AdamW on the rest, as one optimizer (its state is saved
@@ -67,6 +96,8 @@ class PretrainTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+        if is_stream(self.train_dataset):  # every process, before the main one marks the checkpoint complete
+            save_stream_state(self.callback_handler.train_dataloader, folder, self.args.process_index)
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         loss = super().training_step(model, inputs, *args, **kwargs)
